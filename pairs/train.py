@@ -1,0 +1,194 @@
+"""Training and scoring, one model at a time (`fit`) or many fits as one stacked computation (`fit_many`).
+
+Adam (lr 1e-3), cross-entropy on the pair logits plus, for AL variants, `aux_weight` times the
+cross-entropy of each branch's digit logits. Mini-batches are reshuffled every epoch from the fit's own
+generator; initial weights come from the fit's own seed. A fit is trained for max(score_at) epochs and
+scored (train error, eval error) after each epoch count in score_at: without a schedule, a 25-epoch fit
+is exactly the first 25 epochs of a 50-epoch fit with the same seed.
+
+`fit_many` stacks the parameters of K fits (torch.func.stack_module_state) and trains them with
+vmap(functional_call) and one Adam over the stacked tensors. Adam is elementwise and each fit's loss
+reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
+diverges leaves the others untouched.
+"""
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from .data import derive_seed
+from .models import build, param_count, parse
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The settings of a group of fits; its asdict is what is logged and what keys caches."""
+    variant: str = "ConvNet"
+    batch_size: int = 100
+    epochs: int = 50
+    lr: float = 1e-3
+    aux_weight: float = 1.0
+    normalize: bool = False
+
+    def __post_init__(self):
+        parse(self.variant)
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError(f"batch_size and epochs must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class FitData:
+    """One fit's training set and the set it is scored on (a validation fold or the test pairs)."""
+    train_input: torch.Tensor
+    train_target: torch.Tensor
+    train_classes: torch.Tensor
+    eval_input: torch.Tensor
+    eval_target: torch.Tensor
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and scores of one fit; errors are fractions of misclassified pairs."""
+    train_loss: list
+    main_loss: list
+    aux_loss: list
+    epoch_seconds: list  # wall time per epoch; for stacked fits, the group's time divided by the fits
+    train_error: dict = field(default_factory=dict)  # epoch count -> error
+    eval_error: dict = field(default_factory=dict)
+    param_count: int = 0
+
+    @property
+    def s_per_epoch(self):
+        return sum(self.epoch_seconds) / len(self.epoch_seconds)
+
+
+def init_model(variant, seed):
+    """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        return build(variant)
+
+
+def _prepare(data, normalize):
+    """Inputs as float32, standardised with the training set's own mean and std when asked."""
+    x, ex = data.train_input.float(), data.eval_input.float()
+    if normalize:
+        mu, sd = x.mean(), x.std()
+        x, ex = (x - mu) / sd, (ex - mu) / sd
+    return x, ex
+
+
+def resolve_device(device="cpu"):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def _losses(cfg, pair_logits, digit_logits, target, classes):
+    main = F.cross_entropy(pair_logits, target)
+    aux = F.cross_entropy(digit_logits.reshape(-1, 10), classes.reshape(-1))
+    weight = cfg.aux_weight if parse(cfg.variant)[2] else 0.0
+    return main + weight * aux, main, aux
+
+
+def _score_at(cfg, score_at):
+    score_at = sorted(set(score_at or (cfg.epochs,)))
+    if score_at[0] < 1:
+        raise ValueError(f"epoch counts to score must be positive: {score_at}")
+    return score_at
+
+
+def fit(cfg, data, seed, score_at=None, device="cpu"):
+    """Train one model the plain way (nn.Module + torch.optim.Adam), the reference for `fit_many`."""
+    device = resolve_device(device)
+    score_at = _score_at(cfg, score_at)
+    model = init_model(cfg.variant, seed).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x, ex = (t.to(device) for t in _prepare(data, cfg.normalize))
+    y, c, ey = data.train_target.to(device), data.train_classes.to(device), data.eval_target.to(device)
+    g = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
+    n = x.shape[0]
+    history = torch.zeros(score_at[-1], 3, device=device)
+    result = FitResult([], [], [], [], param_count=param_count(model))
+    for epoch in range(score_at[-1]):
+        start = time.perf_counter()
+        for idx in torch.randperm(n, generator=g).to(device).split(cfg.batch_size):
+            loss = _losses(cfg, *model(x[idx]), y[idx], c[idx])
+            opt.zero_grad()
+            loss[0].backward()
+            opt.step()
+            history[epoch] += torch.stack(loss).detach() * len(idx) / n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.epoch_seconds.append(time.perf_counter() - start)
+        if epoch + 1 in score_at:
+            with torch.no_grad():
+                result.train_error[epoch + 1] = (model(x)[0].argmax(1) != y).float().mean().item()
+                result.eval_error[epoch + 1] = (model(ex)[0].argmax(1) != ey).float().mean().item()
+    result.train_loss, result.main_loss, result.aux_loss = history.T.tolist()
+    return result
+
+
+def fit_many(cfg, datas, seeds, score_at=None, device="cpu"):
+    """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k]."""
+    if len(datas) != len(seeds) or not seeds:
+        raise ValueError("fit_many needs one FitData per seed, and at least one")
+    device = resolve_device(device)
+    score_at = _score_at(cfg, score_at)
+    models = [init_model(cfg.variant, s) for s in seeds]
+    base = copy.deepcopy(models[0]).to("meta")
+    params, _ = stack_module_state(models)  # a shared branch is one entry; functional_call re-ties it
+    params = {k: v.to(device).detach().requires_grad_() for k, v in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+
+    prepared = [_prepare(d, cfg.normalize) for d in datas]
+    x = torch.stack([p[0] for p in prepared]).to(device)
+    ex = torch.stack([p[1] for p in prepared]).to(device)
+    y, c, ey = (torch.stack([getattr(d, a) for d in datas]).to(device)
+                for a in ("train_target", "train_classes", "eval_target"))
+    K, n = x.shape[:2]
+    rows = torch.arange(K, device=device)[:, None]
+    gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
+
+    def step_losses(p, xb, yb, cb):
+        return torch.stack(_losses(cfg, *functional_call(base, p, (xb,)), yb, cb))
+
+    def logits(p, xb):
+        return functional_call(base, p, (xb,))[0]
+
+    batched_losses, batched_logits = vmap(step_losses), vmap(logits)
+
+    def errors(inputs, targets):
+        chunk = max(1, 20000 // K)  # bound the activations of K fits scored at once
+        wrong = [(batched_logits(params, inputs[:, i:i + chunk]).argmax(-1) != targets[:, i:i + chunk])
+                 for i in range(0, inputs.shape[1], chunk)]
+        return torch.cat(wrong, 1).float().mean(1)
+
+    history = torch.zeros(score_at[-1], K, 3, device=device)
+    scores, seconds = {}, []
+    for epoch in range(score_at[-1]):
+        start = time.perf_counter()
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        for idx in perms.split(cfg.batch_size, dim=1):
+            loss = batched_losses(params, x[rows, idx], y[rows, idx], c[rows, idx])  # K x 3
+            opt.zero_grad()
+            loss[:, 0].sum().backward()
+            opt.step()
+            history[epoch] += loss.detach() * idx.shape[1] / n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append((time.perf_counter() - start) / K)
+        if epoch + 1 in score_at:
+            with torch.no_grad():
+                scores[epoch + 1] = (errors(x, y), errors(ex, ey))
+    history = history.permute(1, 2, 0).tolist()  # K x 3 x epochs
+    count = param_count(models[0])
+    return [FitResult(*history[k], list(seconds),
+                      {e: s[0][k].item() for e, s in scores.items()},
+                      {e: s[1][k].item() for e, s in scores.items()}, count)
+            for k in range(K)]

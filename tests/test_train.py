@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+
+from pairs.data import kfold, pair_sets
+from pairs.models import build
+from pairs.train import FitConfig, FitData, _losses, fit, fit_many, init_model
+
+
+def fold_data(p, k=4, n=200):
+    folds = kfold(n, k, seed=11)
+    return [FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr],
+                    p.train_input[va], p.train_target[va]) for tr, va in folds]
+
+
+def test_aux_weight_zero_gives_the_no_aux_gradients(pairs_1000):
+    x, y, c = pairs_1000.train_input[:50], pairs_1000.train_target[:50], pairs_1000.train_classes[:50]
+    grads = []
+    for cfg in (FitConfig("MLP_WS"), FitConfig("MLP_WS_AL", aux_weight=0.0), FitConfig("MLP_WS_AL")):
+        model = init_model(cfg.variant, seed=5)
+        _losses(cfg, *model(x), y, c)[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(grads[0], grads[2]))  # weight 1 changes them
+
+
+def test_init_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = init_model("ConvNet", 1), init_model("ConvNet", 1), init_model("ConvNet", 2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+@pytest.mark.parametrize("variant", ["ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS"])
+def test_stacked_training_equals_one_at_a_time(pairs_1000, variant):
+    cfg = FitConfig(variant, batch_size=50, epochs=3)
+    datas, seeds = fold_data(pairs_1000), [101, 102, 103, 104]
+    stacked = fit_many(cfg, datas, seeds, score_at=(2, 3))
+    for data, seed, many in zip(datas, seeds, stacked):
+        one = fit(cfg, data, seed, score_at=(2, 3))
+        assert one.param_count == many.param_count
+        for attr in ("train_loss", "main_loss", "aux_loss"):
+            assert getattr(many, attr) == pytest.approx(getattr(one, attr), rel=1e-4, abs=1e-5)
+        assert many.train_error.keys() == one.train_error.keys() == {2, 3}
+        for e in (2, 3):
+            assert abs(many.train_error[e] - one.train_error[e]) <= 2 / 150  # at most a borderline pair
+            assert abs(many.eval_error[e] - one.eval_error[e]) <= 2 / 50
+
+
+def test_a_diverging_fit_does_not_disturb_the_others(pairs_1000):
+    cfg = FitConfig("MLP", batch_size=50, epochs=2)
+    datas, seeds = fold_data(pairs_1000)[:3], [1, 2, 3]
+    bad = FitData(datas[1].train_input * float("nan"), *list(vars(datas[1]).values())[1:])
+    clean = fit_many(cfg, datas, seeds)
+    mixed = fit_many(cfg, [datas[0], bad, datas[2]], seeds)
+    assert all(math.isnan(v) for v in mixed[1].train_loss)
+    for k in (0, 2):
+        assert mixed[k].train_loss == clean[k].train_loss and mixed[k].eval_error == clean[k].eval_error
+
+
+def test_same_seed_same_metrics_bitwise(pairs_1000):
+    cfg = FitConfig("ConvNet_AL", batch_size=100, epochs=2)
+    datas = fold_data(pairs_1000)[:2]
+    a, b = fit_many(cfg, datas, [9, 10]), fit_many(cfg, datas, [9, 10])
+    assert [r.train_loss for r in a] == [r.train_loss for r in b]
+    assert [r.eval_error for r in a] == [r.eval_error for r in b]
+    assert fit(cfg, datas[0], 9).train_loss == fit(cfg, datas[0], 9).train_loss
+
+
+@pytest.mark.parametrize("variant", ["ConvNet", "MLP_WS_AL"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_tiny_real_fit_learns(pairs_1000, variant, normalize):
+    p = pairs_1000
+    data = FitData(p.train_input[:300], p.train_target[:300], p.train_classes[:300],
+                   p.test_input[:300], p.test_target[:300])
+    r = fit(FitConfig(variant, batch_size=25, epochs=5, normalize=normalize), data, seed=0, score_at=(1, 5))
+    assert len(r.train_loss) == len(r.epoch_seconds) == 5
+    assert r.train_loss[-1] < 0.85 * r.train_loss[0]
+    assert r.train_error[5] < r.train_error[1] and r.train_error[5] < 0.35 and r.eval_error[5] < 0.45
+    assert all(s > 0 for s in r.epoch_seconds)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path is for machines without it")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        fit(FitConfig("MLP", epochs=1), None, seed=0, device="cuda")
