@@ -72,18 +72,27 @@ def mnist_fingerprint(root=None):
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=2)
-def _mnist(root, train, download):
+def ensure_mnist(root, download=True):
+    """Check the raw files under root; when they are missing and download is allowed, let torchvision fetch them."""
     from torchvision.datasets import MNIST
 
     root = Path(root)
-    if download and not all((root / "MNIST" / "raw" / n).is_file() for n in MNIST_FILES):
+    if download and not root.is_file() and not all(
+            (root / "MNIST" / "raw" / n).is_file() for n in MNIST_FILES):
         try:
-            MNIST(str(root), train=train, download=True)
+            for train in (True, False):
+                MNIST(str(root), train=train, download=True)
         except Exception as e:  # no network, proxy, disk full: say what to do instead
             check_mnist(root)  # raises the clear message naming the missing files
             raise DataError(f"downloading MNIST into {root} failed: {e}") from e
     check_mnist(root)
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist(root, train, download):
+    from torchvision.datasets import MNIST
+
+    ensure_mnist(root, download)
     ds = MNIST(str(root), train=train, download=False)
     return ds.data, ds.targets
 

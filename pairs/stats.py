@@ -15,6 +15,8 @@ DIVERGED_TRAIN_ERROR = 0.4
 def mean_std(values):
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
     m = sum(values) / len(values)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, sd

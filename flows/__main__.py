@@ -1,0 +1,84 @@
+"""python -m flows [run] [options] | serve | report RUN_ID | bench: the pipeline's command line.
+
+Every option defaults to the profile's value (full: the study's protocol; quick: tiny counts).
+Input is checked before the first Prefect or MLflow call, so a typo fails in a second.
+"""
+import argparse
+import sys
+
+from . import ROOT  # noqa: F401  (sets Prefect/MLflow environment defaults first)
+
+
+def int_list(text):
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return values
+
+
+def optional(kind):
+    """An option that MLproject may pass as '' (= the profile's value)."""
+    def parse(text):
+        if text == "":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__.replace('_', ' ')}, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def run_parser():
+    p = argparse.ArgumentParser(prog="python -m flows", description="Run the pairs pipeline.")
+    p.add_argument("--profile", default="full", choices=["full", "quick"])
+    p.add_argument("--data-dir", type=optional(str), default=None,
+                   help="torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
+    p.add_argument("--seed", type=optional(int), default=None)
+    p.add_argument("--pairs", type=optional(int), default=None, help="pairs per split and round")
+    p.add_argument("--search-rounds", type=optional(int), default=None)
+    p.add_argument("--folds", type=optional(int), default=None)
+    p.add_argument("--final-rounds", type=optional(int), default=None)
+    p.add_argument("--batch-sizes", type=optional(int_list), default=None, help="e.g. 25,50,100")
+    p.add_argument("--epochs", type=optional(int_list), default=None, help="e.g. 25,50")
+    p.add_argument("--experiment", default="pairs")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--until", default="report", choices=["prepare", "search", "final", "report"],
+                   help="stop after this stage")
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in ("run", "serve", "report", "bench") else "run"
+    argv = argv[1:] if argv and argv[0] == command else argv
+    if command == "report":
+        from .report import main as report_main
+        return report_main(argv)
+    if command == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv)
+    args = run_parser().parse_args(argv) if command == "run" else None
+    if command == "serve":
+        from .serve import main as serve_main
+        return serve_main(argv)
+    kwargs = {k: v for k, v in vars(args).items()}
+    from .checks import check_inputs
+    try:
+        check_inputs(**kwargs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .pipeline import pipeline
+    try:
+        result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+    except KeyboardInterrupt:
+        print("interrupted: finished groups are cached; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"pipeline run {result['run_id']} done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The pipeline flow: prepare -> search -> select -> evaluate -> report, each step a Prefect task.
+
+Training tasks are cached on their inputs and on the library's code version (a hash of pairs/), with
+results persisted under .cache/prefect: a rerun with nothing changed reuses every finished group, and a
+rerun after a crash redoes only unfinished groups. Fit logging is not cached but idempotent (see
+flows.tracking), and runs in Prefect's thread pool so it overlaps the next group's training.
+"""
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from pairs import protocol as P
+from pairs import report as R
+from pairs.data import data_root, mnist_fingerprint
+from pairs.models import parse
+from pairs.train import resolve_device
+
+from .checks import check_inputs
+from .tracking import Tracker
+
+CACHED = dict(cache_policy=(INPUTS - "root") + TASK_SOURCE, persist_result=True, retries=2,
+              retry_delay_seconds=[2, 10])
+
+
+def code_version(package=Path(P.__file__).parent):
+    """SHA-256 over the library's sources and data files: any edit in pairs/ changes it."""
+    h = hashlib.sha256()
+    for p in sorted(package.rglob("*")):
+        if p.suffix in (".py", ".csv"):
+            h.update(str(p.relative_to(package)).encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def prepare_data(root):
+    """Check the four MNIST files (magic, counts, size) and fingerprint them: changed data invalidates caches.
+    Not cached: it is the check that the data on disk is still what the caches were built from."""
+    return mnist_fingerprint(root)
+
+
+@task(task_run_name="search {architecture} batch {batch_size}", **CACHED)
+def search_cell(protocol, architecture, batch_size, root, fingerprint, code, device):
+    return P.search_cell(protocol, architecture, batch_size, root, device)
+
+
+@task(task_run_name="final {variant}", **CACHED)
+def final_group(protocol, variant, batch_size, epochs, root, fingerprint, code, device):
+    return P.final_group(protocol, variant, batch_size, epochs, root, device)
+
+
+@task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
+def log_fits(tracker, records, parent_id, context, n):
+    return tracker.log_fits(records, parent_id, context)
+
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def update(self, stage, n):
+        self.done += n
+        elapsed = time.time() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"[{stage}] {self.done}/{self.total} fits, elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+
+
+@flow(name="pairs", log_prints=True)
+def pipeline(profile: str = "full", data_dir: str | None = None, seed: int | None = None,
+             pairs: int | None = None, search_rounds: int | None = None, folds: int | None = None,
+             final_rounds: int | None = None, batch_sizes: list[int] | None = None,
+             epochs: list[int] | None = None, experiment: str = "pairs", device: str = "cpu",
+             until: str = "report"):
+    """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
+    protocol = check_inputs(profile, data_dir, seed, pairs, search_rounds, folds, final_rounds, batch_sizes,
+                            epochs, experiment, device, until)
+    device = str(resolve_device(device))
+    root = str(data_root(data_dir))
+    tracker = Tracker(experiment, run_name=f"pipeline {profile}")
+    try:
+        result = _run(protocol, profile, root, device, until, tracker)
+    except BaseException as e:
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish()
+    return result
+
+
+def run_meta(device, seconds):
+    import mlflow
+    import prefect
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"machine": f"{os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} torch threads",
+            "device": device, "wall_time": f"{seconds:.0f} s for this pipeline call (cached groups excluded)",
+            "versions": f"Python {platform.python_version()}, torch {torch.__version__}, "
+                        f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
+            "command": os.environ.get("PAIRS_COMMAND") or "python -m flows " + " ".join(sys.argv[1:])}
+
+
+def _run(protocol, profile, root, device, until, tracker):
+    started = time.time()
+    tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
+                       | {"pipeline.profile": profile, "pipeline.device": device,
+                          "pipeline.code_version": code_version()})
+    fingerprint = prepare_data(root)
+    code = code_version()
+    context = [fingerprint, code, device, protocol.pairs]
+    if until == "prepare":
+        return {"run_id": tracker.run_id}
+    n_search, n_final = protocol.fits()
+    progress = Progress(n_search + (n_final if until != "search" else 0))
+
+    stage = tracker.child("search", {"pairs.stage": "search"})
+    search, logged = [], []
+    for arch in protocol.architectures:
+        for batch in protocol.batch_sizes:
+            records = search_cell(protocol, arch, batch, root, fingerprint, code, device)
+            logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
+            search += records
+            progress.update("search", len(records))
+    selection = P.select(P.search_table(search))
+    [f.result() for f in logged]
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_artifacts(stage, R.search_artifacts(search, Path(tmp)))
+    tracker.end(stage)
+    tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()})
+    print(f"[select] {selection}", flush=True)
+    if until == "search":
+        return {"run_id": tracker.run_id, "selection": selection}
+
+    stage = tracker.child("final", {"pairs.stage": "final"})
+    final, logged = [], []
+    for variant in protocol.variants:
+        chosen = selection[parse(variant)[0]]
+        records = final_group(protocol, variant, chosen["batch_size"], chosen["epochs"], root, fingerprint, code,
+                              device)
+        logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
+        final += records
+        progress.update("final", len(records))
+    [f.result() for f in logged]
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_artifacts(stage, R.final_artifacts(final, Path(tmp)))
+    tracker.end(stage)
+    if until == "final":
+        return {"run_id": tracker.run_id, "selection": selection}
+
+    meta = run_meta(device, time.time() - started)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "selection": selection, "meta": meta}))
+        tracker.log_artifacts(tracker.run_id, R.full_report(search, final, selection, protocol, out, meta)
+                              + [out / "run.json"])
+    return {"run_id": tracker.run_id, "selection": selection}

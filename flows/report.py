@@ -1,0 +1,35 @@
+"""python -m flows report RUN_ID [--out DIR]: rebuild REPORT.md and its tables and figures from a finished
+pipeline run in the tracking store, without training."""
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from pairs import report as R
+from pairs.protocol import Protocol
+
+from .checks import tracking_uri
+
+
+def regenerate(run_id, out):
+    client = MlflowClient(tracking_uri())
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: Path(client.download_artifacts(run_id, name, tmp))
+                 for name in ("run.json", "search_fits.json", "final_fits.json")}
+        run = json.loads(files["run.json"].read_text())
+        search, final = R.load_records(files["search_fits.json"]), R.load_records(files["final_fits.json"])
+    protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})
+    return R.full_report(search, final, run["selection"], protocol, out, run["meta"])
+
+
+def main(argv):
+    p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__)
+    p.add_argument("run_id")
+    p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID)")
+    args = p.parse_args(argv)
+    paths = regenerate(args.run_id, args.out or Path("reports") / args.run_id)
+    print(f"wrote {paths[-1]}")
+    return 0

@@ -1,0 +1,303 @@
+"""The study's report: Table 1, Table 2, paired statistics and figures, beside the study's own numbers.
+
+Inputs are fit records (see pairs.protocol): plain dicts, so a report can be rebuilt from what a run
+stored without training. Errors are fractions; tables show percentages.
+"""
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .models import parse  # noqa: E402
+from .protocol import final_table, search_table  # noqa: E402
+from .stats import diverged, mean_std, paired  # noqa: E402
+
+STUDY = Path(__file__).parent / "study"
+# technique vs its base, as the study argues them
+COMPARISONS = [("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"),
+               ("WS+AL vs AL", "_AL", "_WS_AL"), ("WS+AL vs WS", "_WS", "_WS_AL")]
+
+
+def study_table(name):
+    return pd.read_csv(STUDY / f"{name}.csv")
+
+
+def _pm(mean, std):
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown(df):
+    """A pipe table (pandas' to_markdown needs tabulate, which this project does not pin)."""
+    cells = [[str(c) for c in df.columns]] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+                                              for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns)] + lines[1:]) + "\n"
+
+
+def table1(records):
+    """Table 1 (search): ours (correctly normalised per fold) beside the study's."""
+    ours = pd.DataFrame(search_table(records))
+    study = study_table("table1").rename(columns=lambda c: c if c in ("architecture", "epochs", "batch_size")
+                                         else f"study_{c}")
+    return ours.merge(study, on=["architecture", "epochs", "batch_size"], how="left")
+
+
+def table2(records):
+    """Table 2 (final): ours beside the study's, with the diverged fits counted."""
+    ours = pd.DataFrame(final_table(records))
+    ours["diverged"] = [sum(diverged(r["train_error"][r["epochs"]]) for r in records if r["variant"] == v)
+                        for v in ours["variant"]]
+    study = study_table("table2")[["variant", "batch_size", "epochs", "train_error_mean", "train_error_std",
+                                   "test_error_mean", "test_error_std", "s_per_epoch"]]
+    study = study.rename(columns=lambda c: c if c == "variant" else f"study_{c}")
+    return ours.merge(study, on="variant", how="left")
+
+
+def display(df, kind):
+    """The table a reader looks at: mean ± std in %, ours beside the study's."""
+    if kind == "table1":
+        cols = {"architecture": df.architecture, "batch size": df.batch_size, "epochs": df.epochs, "fits": df.fits,
+                "train error %": [_pm(m, s) for m, s in zip(df.train_error_mean, df.train_error_std)],
+                "val error %": [_pm(m, s) for m, s in zip(df.val_error_mean, df.val_error_std)],
+                "study train %": [_pm(m, s) for m, s in zip(df.study_train_error_mean, df.study_train_error_std)],
+                "study val %": [_pm(m, s) for m, s in zip(df.study_val_error_mean, df.study_val_error_std)]}
+    else:
+        cols = {"variant": df.variant, "batch/epochs": [f"{b}/{e}" for b, e in zip(df.batch_size, df.epochs)],
+                "train error %": [_pm(m, s) for m, s in zip(df.train_error_mean, df.train_error_std)],
+                "test error %": [_pm(m, s) for m, s in zip(df.test_error_mean, df.test_error_std)],
+                "params": df.param_count, "s/epoch": [f"{s:.4f}" for s in df.s_per_epoch],
+                "diverged": df.diverged,
+                "study test %": [_pm(m, s) for m, s in zip(df.study_test_error_mean, df.study_test_error_std)],
+                "study s/epoch": df.study_s_per_epoch}
+    return pd.DataFrame(cols)
+
+
+def comparisons(records):
+    """Paired test-error differences of each technique against its base, over the same rounds."""
+    by = {}
+    for r in records:
+        by.setdefault(r["variant"], {})[r["round"]] = r
+    rows = []
+    for arch in dict.fromkeys(parse(v)[0] for v in by):
+        for name, base, treated in COMPARISONS:
+            a, b = by.get(arch + base), by.get(arch + treated)
+            if not a or not b:
+                continue
+            rounds = sorted(a.keys() & b.keys())
+            for subset in ("all rounds", "without diverged"):
+                keep = [k for k in rounds if subset == "all rounds" or not (
+                    diverged(a[k]["train_error"][a[k]["epochs"]]) or diverged(b[k]["train_error"][b[k]["epochs"]]))]
+                p = paired([a[k]["test_error"][a[k]["epochs"]] for k in keep],
+                           [b[k]["test_error"][b[k]["epochs"]] for k in keep])
+                rows.append({"architecture": arch, "comparison": name, "rounds": subset, "n": p.n,
+                             "diff_mean": p.mean_diff, "ci_low": p.ci_low, "ci_high": p.ci_high,
+                             "t_pvalue": p.t_pvalue, "wilcoxon_pvalue": p.wilcoxon_pvalue})
+    return pd.DataFrame(rows)
+
+
+def _save(fig, out, name, svg=False):
+    paths = [out / f"{name}.png"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
+    if svg:
+        paths.append(out / f"{name}.svg")
+        fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def loss_figures(records, out):
+    """Mean training loss per epoch of each variant over the rounds, with a ±1 std band; one per architecture."""
+    paths = []
+    for arch in dict.fromkeys(parse(r["variant"])[0] for r in records):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant in dict.fromkeys(r["variant"] for r in records if parse(r["variant"])[0] == arch):
+            curves = [r["train_loss"] for r in records if r["variant"] == variant]
+            stats = [mean_std(col) for col in zip(*curves)]
+            epochs = range(1, len(stats) + 1)
+            m = [s[0] for s in stats]
+            ax.plot(epochs, m, label=variant)
+            ax.fill_between(epochs, [a - s for a, s in stats], [a + s for a, s in stats], alpha=0.2)
+        ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log",
+               title=f"{arch}: average loss per epoch ({len(curves)} rounds, band ±1 std)")
+        ax.legend()
+        paths += _save(fig, out, f"loss_{arch}", svg=True)
+    return paths
+
+
+def error_strip(records, out):
+    """Test error of every final fit, per variant: diverged fits stand out in red."""
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, v in enumerate(variants):
+        group = [r for r in records if r["variant"] == v]
+        errs = [100 * r["test_error"][r["epochs"]] for r in group]
+        colors = ["red" if diverged(r["train_error"][r["epochs"]]) else "C0" for r in group]
+        ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
+        ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, c=colors, s=12, zorder=3)
+    ax.set_xticks(range(len(variants)), variants, rotation=30)
+    ax.set(ylabel="test error %", title="Test error per variant over rounds (red: diverged)")
+    return _save(fig, out, "test_error_by_round")
+
+
+def heatmap(t1, out):
+    """Table 1's mean validation error per architecture x (epochs, batch size)."""
+    archs = list(dict.fromkeys(t1.architecture))
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        grid = t1[t1.architecture == arch].pivot(index="epochs", columns="batch_size", values="val_error_mean") * 100
+        im = ax.imshow(grid.values, cmap="viridis_r")
+        ax.set_xticks(range(len(grid.columns)), grid.columns)
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        ax.set(xlabel="batch size", ylabel="epochs", title=f"{arch}: val error %")
+        for (i, j), v in pd.DataFrame(grid.values).stack().items():
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w")
+        fig.colorbar(im, ax=ax)
+    return _save(fig, out, "table1_heatmap")
+
+
+def write_tables(out, name, df, shown):
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(markdown(shown))
+    return [out / f"{name}.csv", out / f"{name}.md"]
+
+
+def csv_text(df):
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def save_records(records, path):
+    path.write_text(json.dumps(records))
+    return path
+
+
+def load_records(path):
+    """Fit records back from JSON (epoch-count keys return to ints)."""
+    records = json.loads(Path(path).read_text())
+    for r in records:
+        for k in ("train_error", "val_error", "test_error"):
+            if k in r:
+                r[k] = {int(e): v for e, v in r[k].items()}
+    return records
+
+
+def search_artifacts(records, out):
+    """Table 1 (CSV, markdown), its heat map and the fit records, written to out."""
+    t1 = table1(records)
+    return write_tables(out, "table1", t1, display(t1, "table1")) + heatmap(t1, out) + [
+        save_records(records, out / "search_fits.json")]
+
+
+def final_artifacts(records, out):
+    """Table 2, the paired statistics, the loss and error figures and the fit records, written to out."""
+    t2 = table2(records)
+    cmp = comparisons(records)
+    return (write_tables(out, "table2", t2, display(t2, "table2")) + write_tables(out, "statistics", cmp, cmp)
+            + loss_figures(records, out) + error_strip(records, out)
+            + [save_records(records, out / "final_fits.json")])
+
+
+def conclusions(t2, cmp):
+    """Which of the study's claims hold here, decided from the paired statistics (all rounds)."""
+    lines = []
+
+    def row(arch, name):
+        hit = cmp[(cmp.architecture == arch) & (cmp.comparison == name) & (cmp.rounds == "all rounds")]
+        return hit.iloc[0] if len(hit) else None
+
+    def verdict(r):
+        if r is None or r.n < 2:
+            return "not testable (too few rounds)"
+        sig = r.ci_high < 0 or r.ci_low > 0
+        word = "lower" if r.diff_mean < 0 else "higher"
+        return (f"{100 * r.diff_mean:+.2f} points (95% CI {100 * r.ci_low:+.2f} to {100 * r.ci_high:+.2f}, "
+                f"t-test p={r.t_pvalue:.3g}, Wilcoxon p={r.wilcoxon_pvalue:.3g}): test error {word}"
+                f"{'' if sig else ', not significant at 5%'}")
+
+    for arch in dict.fromkeys(cmp.architecture):
+        ws, al = row(arch, "WS vs plain"), row(arch, "AL vs plain")
+        both_vs_al = row(arch, "WS+AL vs AL")
+        lines.append(f"- **{arch}**: WS vs plain {verdict(ws)}; AL vs plain {verdict(al)}; WS+AL vs AL {verdict(both_vs_al)}.")
+        if ws is not None and al is not None:
+            holds = al.diff_mean < ws.diff_mean
+            lines.append(f"  - \"AL helps more than WS\": {'holds' if holds else 'does not hold'} for {arch} "
+                         f"({100 * al.diff_mean:+.2f} vs {100 * ws.diff_mean:+.2f} points).")
+        if both_vs_al is not None and both_vs_al.n >= 2:
+            better = both_vs_al.ci_high < 0
+            lines.append(f"  - \"WS+AL beats AL\" ({'the study: yes' if arch == 'MLP' else 'the study: no'}): "
+                         f"{'yes, significantly' if better else 'not significantly'} here.")
+    for arch in dict.fromkeys(parse(v)[0] for v in t2.variant):
+        plain, ws = t2[t2.variant == arch], t2[t2.variant == f"{arch}_WS"]
+        if len(plain) and len(ws):
+            ratio = plain.param_count.iloc[0] / ws.param_count.iloc[0]
+            t = ws.s_per_epoch.iloc[0] / plain.s_per_epoch.iloc[0]
+            lines.append(f"- \"WS halves the parameters and lowers the time\" ({arch}): parameters /{ratio:.2f}; "
+                         f"s/epoch x{t:.2f} ({'lower' if t < 1 else 'not lower'}).")
+    return "\n".join(lines)
+
+
+def render(search, final, selection, protocol, meta):
+    """REPORT.md: setup, Table 1, selection, Table 2, figures, statistics, conclusions, command."""
+    t1, t2, cmp = table1(search), table2(final), comparisons(final)
+    n_div = int(t2.diverged.sum())
+    cmp_shown = cmp.assign(**{c: (100 * cmp[c]).round(2) for c in ("diff_mean", "ci_low", "ci_high")})
+    p = protocol
+    return f"""# Comparing two MNIST digits: weight sharing and auxiliary losses — reproduction report
+
+## Setup
+- **Data**: pairs of MNIST digits average-pooled 2x2 to 14x14; target 1 when the first digit <= the second.
+  Each round draws {p.pairs} training pairs from MNIST train and {p.pairs} test pairs from MNIST test
+  (2x{p.pairs} distinct images per split). Inputs {'standardised with the training set mean/std' if p.normalize else 'raw (0..255), as the study'}.
+- **Models**: ConvNet and MLP, each plain, with weight sharing (WS), auxiliary digit loss (AL, weight {p.aux_weight}), both.
+- **Protocol**: search over batch sizes {list(p.batch_sizes)} x epochs {list(p.epochs)}, {p.search_rounds} rounds x
+  {p.folds}-fold cross-validation on the base architectures; selection by lowest mean validation error;
+  final evaluation {p.final_rounds} rounds x {len(p.variants)} variants. Adam, lr {p.lr}. Base seed {p.seed}.
+- **Machine**: {meta.get('machine', '?')}; device {meta.get('device', '?')}; {meta.get('versions', '')}.
+- **Wall time**: {meta.get('wall_time', 'see the pipeline run in MLflow')}.
+
+## Table 1 — cross-validated search (mean ± std over {p.search_rounds * p.folds} fits per cell)
+Validation errors here are fractions of each fold's pairs. The study's validation errors (about 2%) are ten
+times below its own final test errors (10-18%): consistent with dividing a fold's error count by 1000
+instead of the fold's {p.pairs // p.folds} pairs. Its training errors with stds above their means also
+suggest a few diverged fits.
+
+{markdown(display(t1, 'table1'))}
+![Table 1 heat map](table1_heatmap.png)
+
+## Selection
+{chr(10).join(f'- {a}: batch size {s["batch_size"]}, {s["epochs"]} epochs' for a, s in selection.items())}
+
+The study chose ConvNet 100/50 and MLP 100/25 from its search, then used MLP batch 25 after trying it
+on the test set; here the selection comes from cross-validation alone.
+
+## Table 2 — final evaluation (mean ± std over {p.final_rounds} rounds)
+s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once),
+not comparable one to one with the study's one-model-at-a-time column. Fits whose final training error is
+>= 40% count as diverged: {n_div} of {len(final)}.
+
+{markdown(display(t2, 'table2'))}
+![ConvNet loss](loss_ConvNet.png) ![MLP loss](loss_MLP.png)
+
+![Test error by round](test_error_by_round.png)
+
+## Paired statistics (test error of the second variant minus the first, in points, same rounds)
+{markdown(cmp_shown)}
+## Conclusions
+{conclusions(t2, cmp)}
+
+## Command
+`{meta.get('command', 'python -m flows')}`
+"""
+
+
+def full_report(search, final, selection, protocol, out, meta):
+    """Everything: the stage artifacts and REPORT.md, written to out."""
+    paths = search_artifacts(search, out) + final_artifacts(final, out)
+    (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta))
+    return paths + [out / "REPORT.md"]
