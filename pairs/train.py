@@ -6,21 +6,20 @@ generator; initial weights come from the fit's own seed. A fit is trained for ma
 scored (train error, eval error) after each epoch count in score_at: without a schedule, a 25-epoch fit
 is exactly the first 25 epochs of a 50-epoch fit with the same seed.
 
-`fit_many` stacks the parameters of K fits (torch.func.stack_module_state) and trains them with
-vmap(functional_call) and one Adam over the stacked tensors. Adam is elementwise and each fit's loss
+`fit_many` stacks the parameters of K fits (pairs.stacked: grouped convolutions, batched matmuls) in
+blocks sized to stay in cache, and trains them with one Adam over the stacked tensors. Adam is elementwise and each fit's loss
 reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
 diverges leaves the others untouched.
 """
-import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 
 from .data import derive_seed
 from .models import build, param_count, parse
+from .stacked import Stacked
 
 
 @dataclass(frozen=True)
@@ -134,40 +133,42 @@ def fit(cfg, data, seed, score_at=None, device="cpu"):
     return result
 
 
-def fit_many(cfg, datas, seeds, score_at=None, device="cpu"):
-    """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k]."""
+def default_block(variant, batch_size):
+    """Fits per stacked block: ConvNet blocks of about 400 images per step keep the activations in cache."""
+    return max(1, 400 // (2 * batch_size)) if variant.startswith("ConvNet") else 64
+
+
+def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
+    """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k].
+
+    Fits are stacked in blocks of `block` (one forward/backward each) and share one Adam step."""
     if len(datas) != len(seeds) or not seeds:
         raise ValueError("fit_many needs one FitData per seed, and at least one")
     device = resolve_device(device)
     score_at = _score_at(cfg, score_at)
+    block = block or default_block(cfg.variant, cfg.batch_size)
     models = [init_model(cfg.variant, s) for s in seeds]
-    base = copy.deepcopy(models[0]).to("meta")
-    params, _ = stack_module_state(models)  # a shared branch is one entry; functional_call re-ties it
-    params = {k: v.to(device).detach().requires_grad_() for k, v in params.items()}
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    K = len(models)
+    nets = [Stacked(models[i:i + block], device) for i in range(0, K, block)]
+    opt = torch.optim.Adam([p for net in nets for p in net.parameters()], lr=cfg.lr)
 
     prepared = [_prepare(d, cfg.normalize) for d in datas]
     x = torch.stack([p[0] for p in prepared]).to(device)
     ex = torch.stack([p[1] for p in prepared]).to(device)
     y, c, ey = (torch.stack([getattr(d, a) for d in datas]).to(device)
                 for a in ("train_target", "train_classes", "eval_target"))
-    K, n = x.shape[:2]
-    rows = torch.arange(K, device=device)[:, None]
+    n = x.shape[1]
     gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
-
-    def step_losses(p, xb, yb, cb):
-        return torch.stack(_losses(cfg, *functional_call(base, p, (xb,)), yb, cb))
-
-    def logits(p, xb):
-        return functional_call(base, p, (xb,))[0]
-
-    batched_losses, batched_logits = vmap(step_losses), vmap(logits)
+    weight = cfg.aux_weight if parse(cfg.variant)[2] else 0.0
 
     def errors(inputs, targets):
-        chunk = max(1, 20000 // K)  # bound the activations of K fits scored at once
-        wrong = [(batched_logits(params, inputs[:, i:i + chunk]).argmax(-1) != targets[:, i:i + chunk])
-                 for i in range(0, inputs.shape[1], chunk)]
-        return torch.cat(wrong, 1).float().mean(1)
+        chunk = max(1, 20000 // block)  # bound the activations of a block scored at once
+        wrong = []
+        for j, net in enumerate(nets):
+            sl = slice(j * block, (j + 1) * block)
+            wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk])[0].argmax(-1) != targets[sl, i:i + chunk]
+                                    for i in range(0, inputs.shape[1], chunk)], 1))
+        return torch.cat(wrong).float().mean(1)
 
     history = torch.zeros(score_at[-1], K, 3, device=device)
     scores, seconds = {}, []
@@ -175,11 +176,18 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu"):
         start = time.perf_counter()
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
         for idx in perms.split(cfg.batch_size, dim=1):
-            loss = batched_losses(params, x[rows, idx], y[rows, idx], c[rows, idx])  # K x 3
             opt.zero_grad()
-            loss[:, 0].sum().backward()
+            for j, net in enumerate(nets):
+                sl = slice(j * block, (j + 1) * block)
+                rows = torch.arange(sl.start, min(sl.stop, K), device=device)[:, None]
+                pair, digits = net.forward(x[rows, idx[sl]])
+                main = F.cross_entropy(pair.flatten(0, 1), y[rows, idx[sl]].flatten(), reduction="none")
+                aux = F.cross_entropy(digits.reshape(-1, 10), c[rows, idx[sl]].flatten(), reduction="none")
+                main, aux = main.view(len(rows), -1).mean(1), aux.view(len(rows), -1).mean(1)
+                total = main + weight * aux
+                total.sum().backward()
+                history[epoch, sl] += torch.stack((total, main, aux), 1).detach() * idx.shape[1] / n
             opt.step()
-            history[epoch] += loss.detach() * idx.shape[1] / n
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append((time.perf_counter() - start) / K)

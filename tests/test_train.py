@@ -34,11 +34,11 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
     assert not torch.equal(next(a.parameters()), next(c.parameters()))
 
 
-@pytest.mark.parametrize("variant", ["ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS"])
-def test_stacked_training_equals_one_at_a_time(pairs_1000, variant):
+@pytest.mark.parametrize("variant,block", [("ConvNet_WS_AL", 3), ("ConvNet", None), ("MLP_AL", 3), ("MLP_WS", None)])
+def test_stacked_training_equals_one_at_a_time(pairs_1000, variant, block):
     cfg = FitConfig(variant, batch_size=50, epochs=3)
     datas, seeds = fold_data(pairs_1000), [101, 102, 103, 104]
-    stacked = fit_many(cfg, datas, seeds, score_at=(2, 3))
+    stacked = fit_many(cfg, datas, seeds, score_at=(2, 3), block=block)  # block 3: a full and a partial block
     for data, seed, many in zip(datas, seeds, stacked):
         one = fit(cfg, data, seed, score_at=(2, 3))
         assert one.param_count == many.param_count
