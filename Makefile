@@ -14,7 +14,8 @@ test: venv
 	$(VENV)/bin/python -m pytest -q
 
 run: venv
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH mlflow run . --env-manager local $(if $(PROFILE),-P profile=$(PROFILE))
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+	  mlflow run . --env-manager local --experiment-name pairs $(if $(PROFILE),-P profile=$(PROFILE))
 
 bench: venv
 	$(VENV)/bin/python -m flows bench

@@ -20,3 +20,23 @@ def data_dir():
 def pairs_1000(data_dir):
     from pairs.data import pair_sets
     return pair_sets(1000, seed=7, root=data_dir)
+
+
+@pytest.fixture(scope="session")
+def prefect_env(tmp_path_factory):
+    """The real Prefect engine (a temporary server), with task results in a fresh folder of this session."""
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(tmp_path_factory.mktemp("prefect-results"))
+    import flows  # noqa: F401  (its environment defaults, before prefect is imported)
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A real MLflow SQLite store in a temporary folder; returns a client on it."""
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return MlflowClient(uri)

@@ -1,0 +1,147 @@
+"""The pipeline end to end on the real Prefect engine and a real MLflow store, read back as a user would."""
+import io
+import time
+
+import pandas as pd
+import pytest
+
+from flows import pipeline as flow_module
+from flows.pipeline import pipeline
+from pairs.protocol import PROFILES
+
+QUICK = PROFILES["quick"]
+N_SEARCH, N_FINAL = QUICK.fits()
+FIT_PARAMS = {"variant", "architecture", "weight_sharing", "aux_loss", "aux_weight", "batch_size", "epochs", "lr",
+              "seed", "round", "stage"}
+
+
+def runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=5000) if exp else []
+
+
+def fit_runs(client, experiment):
+    return [r for r in runs(client, experiment) if "pairs.fit_key" in r.data.tags]
+
+
+def artifact(client, run_id, path, tmp_path):
+    return open(client.download_artifacts(run_id, path, str(tmp_path)), "rb").read()
+
+
+@pytest.fixture(scope="module")
+def quick_run(prefect_env, data_dir, tmp_path_factory):
+    """One quick pipeline call in its own store, then a second identical call (timed)."""
+    from mlflow.tracking import MlflowClient
+    folder = tmp_path_factory.mktemp("quick")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    client = MlflowClient(uri)
+    t0 = time.time()
+    first = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
+    t1 = time.time()
+    fits_after_first = len(fit_runs(client, "quick"))
+    second = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
+    t2 = time.time()
+    yield {"client": client, "first": first, "second": second, "t_first": t1 - t0, "t_second": t2 - t1,
+           "fits_after_first": fits_after_first}
+    mp.undo()
+
+
+def test_fit_runs_match_the_counts(quick_run):
+    client = quick_run["client"]
+    fits = fit_runs(client, "quick")
+    assert quick_run["fits_after_first"] == len(fits) == N_SEARCH + N_FINAL
+    assert sum(r.data.params["stage"] == "search" for r in fits) == N_SEARCH
+    for r in fits:
+        assert r.info.status == "FINISHED"
+        assert FIT_PARAMS <= r.data.params.keys()
+        assert ("fold" in r.data.params) == (r.data.params["stage"] == "search")
+        evaluated = "val_error" if r.data.params["stage"] == "search" else "test_error"
+        assert {"train_loss", "param_count", "s_per_epoch", "train_error", evaluated} <= r.data.metrics.keys()
+    one = next(r for r in fits if r.data.params["stage"] == "search")
+    history = client.get_metric_history(one.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, max(QUICK.epochs) + 1))
+    scored = client.get_metric_history(one.info.run_id, "val_error")
+    assert sorted(m.step for m in scored) == sorted(QUICK.epochs)
+
+
+def test_run_tree(quick_run):
+    client = quick_run["client"]
+    all_runs = {r.info.run_id: r for r in runs(client, "quick")}
+    root = quick_run["first"]["run_id"]
+    stages = {r.info.run_name: rid for rid, r in all_runs.items() if r.data.tags.get("mlflow.parentRunId") == root}
+    assert set(stages) == {"search", "final"}
+    for r in fit_runs(client, "quick"):
+        assert r.data.tags["mlflow.parentRunId"] == stages[r.data.params["stage"]]
+    params = all_runs[root].data.params
+    for arch in QUICK.architectures:
+        assert int(params[f"selected.{arch}.batch_size"]) in QUICK.batch_sizes
+        assert int(params[f"selected.{arch}.epochs"]) in QUICK.epochs
+
+
+def test_artifacts_open(quick_run, tmp_path):
+    client = quick_run["client"]
+    root = quick_run["first"]["run_id"]
+    t1 = pd.read_csv(io.BytesIO(artifact(client, root, "table1.csv", tmp_path)))
+    assert len(t1) == len(QUICK.architectures) * len(QUICK.batch_sizes) * len(QUICK.epochs)
+    assert {"architecture", "batch_size", "epochs", "val_error_mean", "val_error_std", "study_val_error_mean"} <= set(t1)
+    t2 = pd.read_csv(io.BytesIO(artifact(client, root, "table2.csv", tmp_path)))
+    assert list(t2.variant) == list(QUICK.variants)
+    assert {"train_error_mean", "test_error_mean", "param_count", "s_per_epoch", "study_test_error_mean"} <= set(t2)
+    for png in ("loss_ConvNet.png", "loss_MLP.png", "table1_heatmap.png", "test_error_by_round.png"):
+        assert artifact(client, root, png, tmp_path).startswith(b"\x89PNG\r\n\x1a\n")
+    assert b"| variant |" in artifact(client, root, "table2.md", tmp_path)
+    report = artifact(client, root, "REPORT.md", tmp_path).decode()
+    assert "## Table 1" in report and "## Table 2" in report and "## Conclusions" in report
+    stage_files = {r.info.run_name: {a.path for a in client.list_artifacts(r.info.run_id)}
+                   for r in runs(client, "quick") if r.info.run_name in ("search", "final")}
+    assert {"table1.csv", "table1.md", "table1_heatmap.png"} <= stage_files["search"]
+    assert {"table2.csv", "table2.md", "loss_ConvNet.png", "statistics.csv"} <= stage_files["final"]
+
+
+def test_second_call_hits_the_cache(quick_run):
+    assert len(fit_runs(quick_run["client"], "quick")) == quick_run["fits_after_first"]
+    assert quick_run["second"]["selection"] == quick_run["first"]["selection"]
+    assert quick_run["t_second"] < 0.6 * quick_run["t_first"], (quick_run["t_first"], quick_run["t_second"])
+
+
+def test_code_edit_invalidates_the_cache(prefect_env, data_dir, store, monkeypatch):
+    small = dict(profile="quick", data_dir=data_dir, experiment="edit", final_rounds=1, search_rounds=1)
+    pipeline(**small)
+    before = {r.data.tags["pairs.fit_key"] for r in fit_runs(store, "edit")}
+    monkeypatch.setattr(flow_module, "code_version", lambda: "an-edited-library")
+    pipeline(**small)
+    after = {r.data.tags["pairs.fit_key"] for r in fit_runs(store, "edit")}
+    assert len(after) == 2 * len(before)  # every fit retrained and logged anew
+
+
+def test_code_version_sees_any_edit_in_the_library(tmp_path):
+    import shutil
+    from pathlib import Path
+    import pairs
+    pkg = tmp_path / "pairs"
+    shutil.copytree(Path(pairs.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    v0 = flow_module.code_version(pkg)
+    assert v0 == flow_module.code_version(Path(pairs.__file__).parent)
+    (pkg / "stats.py").write_text((pkg / "stats.py").read_text() + "\n# edit\n")
+    assert flow_module.code_version(pkg) != v0
+
+
+def test_a_new_store_gets_every_cached_fit(quick_run, prefect_env, data_dir, store):
+    """Cached groups meeting a store that lacks their runs are logged there: no store has missing fits."""
+    pipeline(profile="quick", data_dir=data_dir, experiment="quick")
+    assert len(fit_runs(store, "quick")) == N_SEARCH + N_FINAL
+
+
+def test_report_regenerates_from_the_store(quick_run, tmp_path, monkeypatch):
+    from flows.report import regenerate
+    client = quick_run["client"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri if hasattr(client, "tracking_uri")
+                       else client._tracking_client.tracking_uri)
+    root = quick_run["first"]["run_id"]
+    paths = regenerate(root, tmp_path / "out")
+    assert (tmp_path / "out" / "REPORT.md").read_bytes() == artifact(client, root, "REPORT.md", tmp_path / "dl")
+    assert (tmp_path / "out" / "table2.csv").read_bytes() == artifact(client, root, "table2.csv", tmp_path / "dl")
+    assert len(paths) > 10
