@@ -88,3 +88,16 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA; the error path is for machines without it")
     with pytest.raises(RuntimeError, match="no CUDA device"):
         fit(FitConfig("MLP", epochs=1), None, seed=0, device="cuda")
+
+
+def test_stacked_equals_plain_on_the_test_device(pairs_1000):
+    """The path --device cuda takes (all fits of a group in one block); PAIRS_TEST_DEVICE=cuda runs it on a GPU."""
+    import os
+    device = os.environ.get("PAIRS_TEST_DEVICE", "cpu")
+    cfg = FitConfig("ConvNet_AL", batch_size=25, epochs=2)
+    datas, seeds = fold_data(pairs_1000), [5, 6, 7, 8]
+    stacked = fit_many(cfg, datas, seeds, device=device, block=len(seeds))
+    for data, seed, many in zip(datas, seeds, stacked):
+        one = fit(cfg, data, seed, device=device)
+        assert many.train_loss == pytest.approx(one.train_loss, rel=1e-3, abs=1e-4)
+        assert abs(many.eval_error[2] - one.eval_error[2]) <= 2 / 50

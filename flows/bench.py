@@ -1,0 +1,249 @@
+"""python -m flows bench [--device cpu|cuda] [--out BENCHMARKS.md]: how fast the study trains here.
+
+Measured in one run on one machine: (1) s/epoch of one model alone per variant (the study's Table 2
+column), (2) per-fit s/epoch when a search cell's folds x rounds or a variant's final rounds train
+stacked, (3) achieved GFLOP/s beside a large float32 matmul (the practical ceiling), (4) the quick
+profile's wall time (measured) and the full profile's (extrapolated from the measured groups), (5) the
+share of MLflow logging and Prefect overhead. Only torch is needed for (1)-(3); (4)-(5) need the
+pipeline's packages and run on the CPU.
+"""
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pairs.data import pair_sets
+from pairs.models import VARIANTS, build, parse
+from pairs import protocol as P
+from pairs.protocol import PROFILES
+from pairs.train import FitConfig, FitData, fit, fit_many, resolve_device
+
+STUDY_BATCH = {"ConvNet": (100, 50), "MLP": (25, 25)}  # the study's final (batch, epochs)
+
+
+def macs_per_pair(variant):
+    """Multiply-adds of one forward pass per pair, counted from the layer shapes (both branches)."""
+    model, total = build(variant), [0]
+
+    def hook(mod, inp, out):
+        per_out = mod.weight[0].numel() if isinstance(mod, torch.nn.Conv2d) else mod.in_features
+        total[0] += out[0].numel() * per_out
+
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            mod.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 2, 14, 14))
+    return total[0]
+
+
+def train_flops(variant, pairs_per_epoch):
+    return 2 * 3 * macs_per_pair(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards; 2 FLOPs a MAC
+
+
+def matmul_gflops(device, n=2048, reps=10):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def epoch_time(result):
+    return statistics.median(result.epoch_seconds[1:] or result.epoch_seconds)  # first epoch warms up
+
+
+def data(p, n):
+    return FitData(p.train_input[:n], p.train_target[:n], p.train_classes[:n], p.test_input, p.test_target)
+
+
+def measure(device, epochs, rounds, folds, final_rounds, batches):
+    p = pair_sets(1000, seed=2021)
+    n_train = 1000 - 1000 // folds
+    rows = {}
+    for variant in VARIANTS:  # (1) alone, at the study's batch size
+        arch = parse(variant)[0]
+        r = fit(FitConfig(variant, STUDY_BATCH[arch][0], epochs), data(p, 1000), seed=1, device=device)
+        rows[("alone", variant, STUDY_BATCH[arch][0])] = (epoch_time(r), 1000, 1)
+    for arch in ("ConvNet", "MLP"):  # alone at every grid batch size, for the one-at-a-time baseline
+        for b in batches:
+            r = fit(FitConfig(arch, b, epochs), data(p, n_train), seed=1, device=device)
+            rows[("alone, search", arch, b)] = (epoch_time(r), n_train, 1)
+            k = rounds * folds  # (2) a search cell, stacked
+            r = fit_many(FitConfig(arch, b, epochs), [data(p, n_train)] * k, list(range(k)), device=device)
+            rows[("search", arch, b)] = (epoch_time(r[0]), n_train, k)
+    for variant in VARIANTS:  # (2) a variant's final rounds, stacked
+        b = STUDY_BATCH[parse(variant)[0]][0]
+        r = fit_many(FitConfig(variant, b, epochs), [data(p, 1000)] * final_rounds, list(range(final_rounds)),
+                     device=device)
+        rows[("final", variant, b)] = (epoch_time(r[0]), 1000, final_rounds)
+    return rows, n_train
+
+
+def extrapolate(rows, n_train, grid_epochs, rounds, folds, final_rounds, batches):
+    """Training seconds of the full protocol: stacked (as the pipeline runs it) and one model at a time,
+    a fresh fit for every epoch count (as the study ran it)."""
+    k = rounds * folds
+    stacked = sum(k * max(grid_epochs) * rows[("search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches)
+    alone = sum(k * e * rows[("alone, search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches for e in grid_epochs)
+    for v in VARIANTS:
+        b, e = STUDY_BATCH[parse(v)[0]]
+        stacked += final_rounds * e * rows[("final", v, b)][0]
+        alone += final_rounds * e * rows[("alone", v, b)][0]
+    return stacked, alone
+
+
+def tracking_cost(n_fits=100, epochs=50):
+    """Seconds per fit of writing one fit's run (params, 3 x epochs losses, scores) to a fresh SQLite store."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
+    from flows.tracking import Tracker
+    tracker = Tracker("bench", run_name="bench")
+    rec = {"stage": "search", "variant": "ConvNet", "batch_size": 25, "epochs": epochs, "lr": 1e-3,
+           "aux_weight": 1.0, "normalize": False, "round": 0, "fold": 0, "seed": 0, "param_count": 144684,
+           "train_loss": [0.5] * epochs, "main_loss": [0.4] * epochs, "aux_loss": [0.1] * epochs,
+           "s_per_epoch": 0.1, "train_error": {25: 0.01, 50: 0.0}, "val_error": {25: 0.2, 50: 0.19}}
+    parent = tracker.child("search")
+    t = time.perf_counter()
+    tracker.log_fits([dict(rec, round=i) for i in range(n_fits)], parent, ["bench"])
+    return (time.perf_counter() - t) / n_fits
+
+
+def quick_profile_wall():
+    """Wall time of `python -m flows --profile quick` in a fresh store and cache, as a user starts it."""
+    tmp = tempfile.mkdtemp()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=f"{tmp}/results")
+    env.pop("MLFLOW_RUN_ID", None)
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "flows", "--profile", "quick"], env=env, capture_output=True,
+                         text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return time.perf_counter() - t
+
+
+def prefect_overhead(n_tasks):
+    """Seconds Prefect adds to a flow of n_tasks cached tasks that do nothing (temporary server included)."""
+    code = f"""
+import time, flows
+t = time.perf_counter()
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+@task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def noop(i):
+    return i
+@flow
+def f():
+    return [noop(i) for i in range({n_tasks})]
+f()
+print(time.perf_counter() - t)
+"""
+    tmp = tempfile.mkdtemp()
+    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=tmp)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def machine(device):
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    gpu = f", GPU {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
+    return (f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per measured fit (the first is a warm-up)")
+    ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    ap.add_argument("--no-pipeline", action="store_true", help="skip (4)-(5): they need mlflow and prefect")
+    ap.add_argument("--full", action="store_true",
+                    help="also train the whole full protocol (search, selection, final) once and time it")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    full = PROFILES["full"]
+    rounds, folds, final_rounds, batches = full.search_rounds, full.folds, full.final_rounds, full.batch_sizes
+    started = time.perf_counter()
+    ceiling = matmul_gflops(device)
+    rows, n_train = measure(device, args.epochs, rounds, folds, final_rounds, batches)
+    stacked, alone = extrapolate(rows, n_train, full.epochs, rounds, folds, final_rounds, batches)
+
+    lines = [f"# Benchmarks ({device.type})", "",
+             f"- Machine: {machine(device)}",
+             f"- Command: `python -m flows bench --device {args.device} --epochs {args.epochs}` "
+             f"({time.strftime('%Y-%m-%d')}); all numbers below from this one run.",
+             f"- float32 matmul 2048x2048: **{ceiling:.0f} GFLOP/s** (the practical ceiling).", "",
+             "| what | variant | batch | fits stacked | s/epoch per fit | GFLOP/s | % of matmul | study s/epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    study = {"ConvNet": 0.57, "ConvNet_WS": 0.54, "ConvNet_AL": 0.55, "ConvNet_WS_AL": 0.56, "MLP": 0.38,
+             "MLP_WS": 0.29, "MLP_AL": 0.40, "MLP_WS_AL": 0.31}
+    for (what, v, b), (s, n, k) in rows.items():
+        g = train_flops(v, n) / s / 1e9
+        lines.append(f"| {what} | {v} | {b} | {k} | {s:.4f} | {g:.1f} | {100 * g / ceiling:.0f}% | "
+                     f"{study[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
+    lines += ["", "## The full protocol (training time extrapolated from the measured groups)", "",
+              f"Search: 2 architectures x {len(batches)} batch sizes x {rounds * folds} fits x {max(full.epochs)} "
+              f"epochs, scored at {list(full.epochs)}; final: 8 variants x {final_rounds} rounds at the study's "
+              "selection (ConvNet 100/50, MLP 25/25).", "",
+              f"- one model at a time, a fresh fit per epoch count (the study's way): **{alone:.0f} s**",
+              f"- stacked, every epoch count scored from one fit (the pipeline): **{stacked:.0f} s**",
+              f"- speed-up: **{alone / stacked:.1f}x**"]
+    cconv = [train_flops("ConvNet", n_train) / rows[("search", "ConvNet", b)][0] / 1e9 for b in batches]
+    lines.append(f"- ConvNet search fits reach {min(cconv):.0f}-{max(cconv):.0f} GFLOP/s = "
+                 f"{100 * min(cconv) / ceiling:.0f}-{100 * max(cconv) / ceiling:.0f}% of the matmul ceiling")
+    if not args.no_pipeline:
+        per_fit = tracking_cost()
+        n_fits = sum(full.fits())
+        overhead = prefect_overhead(len(batches) * 2 * 2 + len(VARIANTS) * 2 + 1)
+        quick = quick_profile_wall()
+        wall = stacked + overhead
+        lines += ["", "## Pipeline overheads (CPU, measured)", "",
+                  f"- MLflow: {1000 * per_fit:.0f} ms to write one 50-epoch fit run (one batch); "
+                  f"{n_fits} fits = {per_fit * n_fits:.0f} s, written in a background thread while training "
+                  f"continues: at most {100 * per_fit * n_fits / wall:.1f}% of the full profile's wall time",
+                  f"- Prefect: {overhead:.1f} s for a flow of the full profile's {len(batches) * 4 + 17} tasks doing "
+                  f"nothing (temporary server start included): {100 * overhead / wall:.1f}% of the full profile",
+                  f"- quick profile, `python -m flows --profile quick`, fresh store and cache: **{quick:.0f} s** "
+                  "(measured)",
+                  f"- full profile: **{wall / 60:.1f} min** (extrapolated: stacked training + Prefect overhead; "
+                  "MLflow overlaps training)"]
+    if args.full:
+        t = time.perf_counter()
+        search = [r for a in full.architectures for b in batches for r in P.search_cell(full, a, b, device=device)]
+        chosen = P.select(P.search_table(search))
+        final = [r for v in VARIANTS for r in P.final_group(full, v, *chosen[parse(v)[0]].values(), device=device)]
+        took = time.perf_counter() - t
+        table = {r["variant"]: r for r in P.final_table(final)}
+        lines += ["", "## The full protocol, trained once (measured)", "",
+                  f"- {len(search) + len(final)} fits, search + selection + final, no tracking: **{took:.0f} s**",
+                  f"- selection: {chosen}",
+                  "- test error % (mean over rounds): " + ", ".join(
+                      f"{v} {100 * t['test_error_mean']:.1f}" for v, t in table.items())]
+    lines += ["", f"Benchmark wall time: {time.perf_counter() - started:.0f} s.", ""]
+    text = "\n".join(lines)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
