@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -105,7 +106,9 @@ def run_meta(device, seconds):
             "device": device, "wall_time": f"{seconds:.0f} s for this pipeline call (cached groups excluded)",
             "versions": f"Python {platform.python_version()}, torch {torch.__version__}, "
                         f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
-            "command": os.environ.get("PAIRS_COMMAND") or "python -m flows " + " ".join(sys.argv[1:])}
+            "command": "python -m flows " + shlex.join(sys.argv[1:]),
+            "launcher": f"started by `mlflow run` (run {os.environ['MLFLOW_RUN_ID']})" if "MLFLOW_RUN_ID" in os.environ
+            else "started directly"}
 
 
 def _run(protocol, profile, root, device, until, tracker):

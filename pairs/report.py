@@ -28,7 +28,7 @@ def study_table(name):
 
 
 def _pm(mean, std):
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return "—" if mean != mean else f"{100 * mean:.2f} ± {100 * std:.2f}"  # NaN: no such cell in the study
 
 
 def markdown(df):
@@ -292,7 +292,7 @@ not comparable one to one with the study's one-model-at-a-time column. Fits whos
 {conclusions(t2, cmp)}
 
 ## Command
-`{meta.get('command', 'python -m flows')}`
+`{meta.get('command', 'python -m flows')}` ({meta.get('launcher', 'started directly')})
 """
 
 
