@@ -30,8 +30,13 @@ def optional(kind):
     return parse
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def run_parser():
-    p = argparse.ArgumentParser(prog="python -m flows", description="Run the pairs pipeline.")
+    p = Parser(prog="python -m flows", description="Run the pairs pipeline.")
     p.add_argument("--profile", default="full", choices=["full", "quick"])
     p.add_argument("--data-dir", type=optional(str), default=None,
                    help="torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
@@ -70,12 +75,18 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from prefect.exceptions import TerminationSignal
+
     from .pipeline import pipeline
     try:
         result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
-    except KeyboardInterrupt:
-        print("interrupted: finished groups are cached; run the same command again to resume", file=sys.stderr)
+    except (KeyboardInterrupt, TerminationSignal) as e:
+        print(f"stopped by {'SIGTERM' if isinstance(e, TerminationSignal) else 'Ctrl-C'}: finished groups are "
+              "cached and logged; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"pipeline run {result['run_id']} done")
     return 0
 

@@ -3,6 +3,7 @@
 Imports neither Prefect nor MLflow's client, so bad input fails in about a second with one line.
 """
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,12 +37,12 @@ def check_tracking(uri):
     """A local store must be writable; a server must answer within seconds (not after minutes of retries)."""
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
-        probe = folder
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK) or (folder.exists() and not folder.is_dir()):
-            raise ValueError(f"the tracking store {uri} is not writable (folder {folder}); "
-                             "set MLFLOW_TRACKING_URI to a writable location")
+        try:  # access() says yes to root everywhere: try for real
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise ValueError(f"the tracking store {uri} is not writable ({e.strerror}: {folder}); "
+                             "set MLFLOW_TRACKING_URI to a writable location") from None
     elif uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()

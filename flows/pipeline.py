@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.exceptions import TerminationSignal
 
 from pairs import protocol as P
 from pairs import report as R
@@ -28,8 +29,33 @@ from pairs.train import resolve_device
 from .checks import check_inputs
 from .tracking import Tracker
 
-CACHED = dict(cache_policy=(INPUTS - "root") + TASK_SOURCE, persist_result=True, retries=2,
-              retry_delay_seconds=[2, 10])
+# Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
+CACHED = dict(cache_policy=(INPUTS - "root") + TASK_SOURCE, persist_result=True, result_serializer="json",
+              retries=2, retry_delay_seconds=[2, 10])
+_attempts = {}
+
+
+def _inject_failure(stage, variant, rounds, folds):
+    """Test hook: PAIRS_INJECT_FAILURE="stage:variant:round:fold:times" fails the group holding that fit
+    `times` times (a passing failure when below the retries, a lasting one above)."""
+    spec = os.environ.get("PAIRS_INJECT_FAILURE")
+    if not spec:
+        return
+    s, v, r, f, times = spec.split(":")
+    if (s, v) == (stage, variant) and int(r) < rounds and (f == "-" or int(f) < folds):
+        _attempts[spec] = _attempts.get(spec, 0) + 1
+        if _attempts[spec] <= int(times):
+            raise RuntimeError(f"injected failure, attempt {_attempts[spec]} of {times}")
+
+
+def _group(stage, variant, batch_size, rounds, folds, train):
+    """Run a group's training; an error names the group's fits and what went wrong."""
+    try:
+        _inject_failure(stage, variant, rounds, folds)
+        return train()
+    except Exception as e:
+        fits = f"rounds 0-{rounds - 1}" + (f", folds 0-{folds - 1}" if folds else "")
+        raise RuntimeError(f"{stage} fits of {variant} at batch size {batch_size} ({fits}) failed: {e}") from e
 
 
 def code_version(package=Path(P.__file__).parent):
@@ -50,12 +76,14 @@ def prepare_data(root):
 
 @task(task_run_name="search {architecture} batch {batch_size}", **CACHED)
 def search_cell(protocol, architecture, batch_size, root, fingerprint, code, device):
-    return P.search_cell(protocol, architecture, batch_size, root, device)
+    return _group("search", architecture, batch_size, protocol.search_rounds, protocol.folds,
+                  lambda: P.search_cell(protocol, architecture, batch_size, root, device))
 
 
 @task(task_run_name="final {variant}", **CACHED)
 def final_group(protocol, variant, batch_size, epochs, root, fingerprint, code, device):
-    return P.final_group(protocol, variant, batch_size, epochs, root, device)
+    return _group("final", variant, batch_size, protocol.final_rounds, None,
+                  lambda: P.final_group(protocol, variant, batch_size, epochs, root, device))
 
 
 @task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
@@ -88,8 +116,8 @@ def pipeline(profile: str = "full", data_dir: str | None = None, seed: int | Non
     tracker = Tracker(experiment, run_name=f"pipeline {profile}")
     try:
         result = _run(protocol, profile, root, device, until, tracker)
-    except BaseException as e:
-        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+    except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
+        tracker.finish("KILLED" if isinstance(e, (KeyboardInterrupt, TerminationSignal)) else "FAILED")
         raise
     tracker.finish()
     return result
@@ -128,7 +156,7 @@ def _run(protocol, profile, root, device, until, tracker):
     search, logged = [], []
     for arch in protocol.architectures:
         for batch in protocol.batch_sizes:
-            records = search_cell(protocol, arch, batch, root, fingerprint, code, device)
+            records = R.int_keys(search_cell(protocol, arch, batch, root, fingerprint, code, device))
             logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
             search += records
             progress.update("search", len(records))
@@ -146,8 +174,8 @@ def _run(protocol, profile, root, device, until, tracker):
     final, logged = [], []
     for variant in protocol.variants:
         chosen = selection[parse(variant)[0]]
-        records = final_group(protocol, variant, chosen["batch_size"], chosen["epochs"], root, fingerprint, code,
-                              device)
+        records = R.int_keys(final_group(protocol, variant, chosen["batch_size"], chosen["epochs"], root,
+                                        fingerprint, code, device))
         logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
         final += records
         progress.update("final", len(records))

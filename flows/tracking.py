@@ -4,14 +4,22 @@ Run tree: a pipeline run (or the run `mlflow run` opened), a child per stage, a 
 Fit runs are idempotent: each carries a `pairs.fit_key` tag (its settings, seed, data and code
 version); a fit already FINISHED in this experiment is not logged again, so a rerun after a crash, or
 a cached fit meeting a new store, never gives a store with missing or doubled fits.
+
+Every run this process opens is tagged with its host and pid and ended KILLED or FAILED when the
+pipeline stops on a signal or an error; runs a SIGKILLed process left RUNNING are ended KILLED by the
+next pipeline on the same host. With a SQLite store, a file lock serialises schema creation and each
+group's check-then-log, so two pipelines on one store neither corrupt it nor log a fit twice.
 """
+import contextlib
+import fcntl
+import socket
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .checks import tracking_uri
@@ -31,27 +39,71 @@ def _artifact_location(uri, experiment):
     return None  # a server or another store decides
 
 
+HOST = socket.gethostname()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class Tracker:
     """The pipeline's run tree in one experiment; attaches to the run `mlflow run` started, if any."""
 
     def __init__(self, experiment, run_name, uri=None):
         self.uri = uri or tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(self.uri)
-        attached = os.environ.get("MLFLOW_RUN_ID")
-        if attached:
-            self.run_id, self.owned = attached, False
-            self.experiment_id = self.client.get_run(attached).info.experiment_id
-        else:
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                experiment, artifact_location=_artifact_location(self.uri, experiment))
-            self.run_id, self.owned = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id, True
+        self.db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        if self.db:
+            self.db.parent.mkdir(parents=True, exist_ok=True)
+        self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid())}
+        self.open = []
+        with self.lock():
+            self.client = MlflowClient(self.uri)
+            attached = os.environ.get("MLFLOW_RUN_ID")
+            if attached:
+                self.run_id, self.owned = attached, False
+                self.experiment_id = self.client.get_run(attached).info.experiment_id
+            else:
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                    experiment, artifact_location=_artifact_location(self.uri, experiment))
+            self.end_orphans()
+            if not attached:
+                self.run_id, self.owned = self._create(run_name, {}), True
+
+    @contextlib.contextmanager
+    def lock(self):
+        """An exclusive lock beside a SQLite store (a server serialises writes itself)."""
+        if not self.db:
+            yield
+            return
+        with open(self.db.with_suffix(".lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def end_orphans(self):
+        """End as KILLED the runs of this experiment that a dead process of this host left RUNNING."""
+        for run in self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' AND "
+                                           f"tags.`pairs.host` = '{HOST}'", max_results=50000):
+            pid = int(run.data.tags.get("pairs.pid", "0"))
+            if pid and not _alive(pid):
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def _create(self, name, tags):
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**self.tags, **tags}).info.run_id
+        self.open.append(run_id)
+        return run_id
 
     def child(self, name, tags=None):
-        return self.client.create_run(self.experiment_id, run_name=name,
-                                      tags={PARENT: self.run_id, **(tags or {})}).info.run_id
+        return self._create(name, {PARENT: self.run_id, **(tags or {})})
 
     def log_params(self, run_id, params):
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -62,24 +114,26 @@ class Tracker:
 
     def end(self, run_id, status="FINISHED"):
         self.client.set_terminated(run_id, status)
+        if run_id in self.open:  # finish() on an interrupt may have ended it from the main thread
+            self.open.remove(run_id)
 
     def finish(self, status="FINISHED"):
-        if self.owned:
-            self.end(self.run_id, status)
+        """End every run this tracker still holds open (the pipeline run only if it opened it)."""
+        for run_id in reversed(list(self.open)):
+            self.end(run_id, status)
 
     def log_fits(self, records, parent_id, context):
         """One run per fit record, in one batch each; fits already FINISHED here are skipped. Returns run ids."""
         keys = [fit_key(r, context) for r in records]
         group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
-        done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in self.client.search_runs(
-            [self.experiment_id], f"tags.`pairs.group` = '{group}' AND attributes.status = 'FINISHED'",
-            max_results=50000)}
-        ids = []
-        for r, key in zip(records, keys):
-            if key not in done:
-                done[key] = self._log_fit(r, parent_id, key, group)
-            ids.append(done[key])
-        return ids
+        with self.lock():
+            done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in self.client.search_runs(
+                [self.experiment_id], f"tags.`pairs.group` = '{group}' AND attributes.status = 'FINISHED'",
+                max_results=50000)}
+            for r, key in zip(records, keys):
+                if key not in done:
+                    done[key] = self._log_fit(r, parent_id, key, group)
+        return [done[k] for k in keys]
 
     def _log_fit(self, r, parent_id, key, group):
         from pairs.models import parse
@@ -87,8 +141,7 @@ class Tracker:
         arch, ws, al = parse(r["variant"])
         name = f"{r['stage']} {r['variant']} b{r['batch_size']} r{r['round']}" + (
             f" f{r['fold']}" if r["fold"] is not None else "")
-        run_id = self.client.create_run(self.experiment_id, run_name=name,
-                                        tags={PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group}).info.run_id
+        run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group})
         params = {"variant": r["variant"], "architecture": arch, "weight_sharing": ws, "aux_loss": al,
                   "aux_weight": r["aux_weight"], "batch_size": r["batch_size"], "epochs": r["epochs"],
                   "lr": r["lr"], "seed": r["seed"], "round": r["round"], "stage": r["stage"],
@@ -106,5 +159,5 @@ class Tracker:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])
-        self.client.set_terminated(run_id)
+        self.end(run_id)
         return run_id

@@ -77,7 +77,12 @@ def ensure_mnist(root, download=True):
     from torchvision.datasets import MNIST
 
     root = Path(root)
-    if download and not root.is_file() and not all(
+    if root.exists() and not root.is_dir():
+        check_mnist(root)  # raises: a file, not a folder
+    if not root.exists() and root != Path("data").resolve():
+        raise DataError(f"the data folder {root} does not exist. Point PAIRS_DATA_DIR (or --data-dir) at a "
+                        "torchvision root holding MNIST/raw/, or leave it unset to download into ./data")
+    if download and not all(
             (root / "MNIST" / "raw" / n).is_file() for n in MNIST_FILES):
         try:
             for train in (True, False):

@@ -179,7 +179,11 @@ def save_records(records, path):
 
 def load_records(path):
     """Fit records back from JSON (epoch-count keys return to ints)."""
-    records = json.loads(Path(path).read_text())
+    return int_keys(json.loads(Path(path).read_text()))
+
+
+def int_keys(records):
+    """Epoch-count keys are strings once records pass through JSON: make them ints again."""
     for r in records:
         for k in ("train_error", "val_error", "test_error"):
             if k in r:

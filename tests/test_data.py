@@ -69,9 +69,14 @@ def test_derive_seed_is_stable_and_distinct():
     assert len({derive_seed(0, "search", r, f) for r in range(10) for f in range(10)}) == 100
 
 
-def test_missing_data_folder_is_a_clear_error(tmp_path):
+def test_missing_data_folder_or_files_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="data folder .*nowhere does not exist.*PAIRS_DATA_DIR"):
+        pair_sets(10, 0, root=tmp_path / "nowhere")
     with pytest.raises(DataError, match="MNIST files missing under .*train-images-idx3-ubyte.*PAIRS_DATA_DIR"):
-        pair_sets(10, 0, root=tmp_path / "nowhere", download=False)
+        pair_sets(10, 0, root=tmp_path, download=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        pair_sets(10, 0, root=tmp_path / "file")
 
 
 def _copy_mnist(data_dir, tmp_path):

@@ -1,0 +1,281 @@
+"""Crashes, signals, retries, bad input and concurrency, with real processes on real stores."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pairs.data import MNIST_FILES
+from pairs.protocol import PROFILES
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--profile", "quick", "--search-rounds", "2", "--folds", "3", "--final-rounds", "2"]
+N_FITS = sum(PROFILES["quick"].fits())
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 that the pipeline processes of this module share."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("prefect server did not start within 120 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+def env_for(tmp_path, data_dir, api, name="store", results="results"):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / name / 'mlflow.db'}",
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / results), PAIRS_DATA_DIR=data_dir,
+               PYTHONUNBUFFERED="1")
+    if api:
+        env["PREFECT_API_URL"] = api
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def cli(args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", "flows", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def start_and_signal(args, env, sig):
+    """Start a pipeline, send sig once the search has logged its first group, return (returncode, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "flows", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "[search] " in line:
+            proc.send_signal(sig)
+            break
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + out
+
+
+def all_runs(env):
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps], max_results=10000) if exps else []
+
+
+def fits_by_unit(runs):
+    """{(stage, variant, batch, round, fold): (train_error, eval_error, losses)} of the FINISHED fit runs."""
+    out = {}
+    for r in runs:
+        if "pairs.fit_key" in r.data.tags and r.info.status == "FINISHED":
+            p, m = r.data.params, r.data.metrics
+            key = (p["stage"], p["variant"], p["batch_size"], p["round"], p.get("fold"))
+            assert key not in out, f"fit {key} logged twice as FINISHED"
+            out[key] = (m["train_error"], m.get("val_error", m.get("test_error")), m["train_loss"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(prefect_server, data_dir, tmp_path_factory):
+    """An uninterrupted run of the small protocol, in its own store and cache."""
+    tmp = tmp_path_factory.mktemp("reference")
+    env = env_for(tmp, data_dir, prefect_server)
+    out = cli(SMALL, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return fits_by_unit(all_runs(env))
+
+
+def test_sigkill_mid_search_then_rerun_gives_the_uninterrupted_results(reference, prefect_server, data_dir,
+                                                                        tmp_path):
+    env = env_for(tmp_path, data_dir, prefect_server)
+    code, out = start_and_signal(SMALL, env, signal.SIGKILL)
+    assert code == -signal.SIGKILL, out[-2000:]
+    interrupted = all_runs(env)
+    assert any(r.info.status == "RUNNING" for r in interrupted)  # what a SIGKILL leaves behind
+    assert len(fits_by_unit(interrupted)) < N_FITS
+    again = cli(SMALL, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = all_runs(env)
+    assert fits_by_unit(runs) == reference  # bit-identical: same seeds, same losses and errors
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the dead run's leftovers end KILLED
+    assert sum(r.info.status == "KILLED" for r in runs) >= 2  # its pipeline run and search stage
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_ends_runs_as_killed_with_one_line(prefect_server, data_dir, tmp_path, sig):
+    env = env_for(tmp_path, data_dir, prefect_server)
+    code, out = start_and_signal(SMALL, env, sig)
+    assert code == 130, out[-3000:]
+    assert "run the same command again to resume" in out.splitlines()[-1]
+    runs = all_runs(env)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs if "pairs.fit_key" not in r.data.tags} == {"KILLED"}
+
+
+def test_two_pipelines_on_one_store(prefect_server, data_dir, tmp_path):
+    envs = [env_for(tmp_path, data_dir, prefect_server, results=f"results{i}") for i in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-m", "flows", *SMALL, "--seed", str(seed)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for seed, env in zip((1, 2), envs)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    runs = all_runs(envs[0])
+    pipelines = [r for r in runs if r.info.run_name.startswith("pipeline")]
+    assert len(pipelines) == 2 and all(r.info.status == "FINISHED" for r in pipelines)
+    by_id = {r.info.run_id: r for r in runs}
+    for p in pipelines:
+        stages = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id}
+        fits = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in stages]
+        assert len(fits) == N_FITS
+        # every fit of this tree came from this pipeline's process and its seed
+        assert {r.data.tags["pairs.pid"] for r in fits} == {p.data.tags["pairs.pid"]}
+        assert p.data.params["protocol.seed"] in ("1", "2")
+    keys = [r.data.tags["pairs.fit_key"] for r in runs if "pairs.fit_key" in r.data.tags]
+    assert len(keys) == len(set(keys)) == 2 * N_FITS
+
+
+def _corrupt(data_dir, tmp_path, name, how):
+    import shutil
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        if f != name or how != "missing":
+            shutil.copy(f"{data_dir}/MNIST/raw/{f}", raw / f)
+    path = raw / name
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "magic":
+        path.write_bytes(b"\x00\x00\x08\x01" + path.read_bytes()[4:])
+    elif how == "count":
+        blob = bytearray(path.read_bytes())
+        blob[4:8] = (123).to_bytes(4, "big")
+        path.write_bytes(bytes(blob))
+    return str(tmp_path / "mnist")
+
+
+BAD = [
+    (["--profile", "huge"], "invalid choice: 'huge'"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--search-rounds", "0"], "search_rounds must be a positive integer, got 0"),
+    (["--final-rounds", "-3"], "final_rounds must be a positive integer, got -3"),
+    (["--pairs", "0"], "pairs must be a positive integer"),
+    (["--folds", "1"], "folds must be at least 2, got 1"),
+    (["--batch-sizes", "25,500"], "batch size 500 is larger than a fold's training set (200 pairs"),
+    (["--epochs", ","], "expected comma-separated integers, got ','"),
+    (["--batch-sizes", "0"], "batch_sizes must be positive integers, got [0]"),
+    (["--seed", "abc"], "expected int, got 'abc'"),
+    (["--folds", "2.5"], "expected int, got '2.5'"),
+    (["--data-dir", "/nonexistent/mnist"], "data folder /nonexistent/mnist does not exist"),
+    ("file", "is a file, not a folder"),
+    (("t10k-images-idx3-ubyte", "missing"), "MNIST files missing under"),
+    (("train-labels-idx1-ubyte", "truncated"), "corrupt MNIST file"),
+    (("train-images-idx3-ubyte", "magic"), "corrupt MNIST file"),
+    (("t10k-labels-idx1-ubyte", "count"), "corrupt MNIST file"),
+    ("unwritable", "is not writable"),
+    ("server", "cannot be reached"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[str(b[0]) for b in BAD])
+def test_bad_input_fails_fast_and_writes_nothing(data_dir, tmp_path, args, message):
+    env = env_for(tmp_path, data_dir, None)
+    if args == "file":
+        (tmp_path / "afile").write_text("not a folder")
+        args = ["--data-dir", str(tmp_path / "afile")]
+    elif args == "unwritable":
+        (tmp_path / "blocker").write_text("a file where the store's folder should be")
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'blocker' / 'mlruns' / 'mlflow.db'}"
+        args = []
+    elif args == "server":
+        env["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
+        args = []
+    elif isinstance(args, tuple):
+        args = ["--data-dir", _corrupt(data_dir, tmp_path, *args)]
+    t = time.time()
+    out = cli(["--profile", "quick", *args], env, timeout=60)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert message in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) <= 3  # a short message, no traceback
+    assert time.time() - t < 30
+    assert not (tmp_path / "store").exists()  # nothing written to the tracking store
+
+
+def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
+    """The deployment path: the flow's parameters get the same checks before anything is logged."""
+    from flows.pipeline import pipeline
+    for kwargs, message in (({"batch_sizes": []}, "batch_sizes must not be empty"),
+                            ({"epochs": [25, 0]}, "epochs must be positive integers"),
+                            ({"folds": 1}, "folds must be at least 2"),
+                            ({"profile": "huge"}, "unknown profile 'huge'"),
+                            ({"device": "tpu"}, "unknown device 'tpu'")):
+        with pytest.raises(ValueError, match=message):
+            pipeline(data_dir=data_dir, experiment="bad", **kwargs)
+    assert store.get_experiment_by_name("bad") is None
+
+
+def test_a_passing_failure_is_retried(prefect_env, data_dir, store, monkeypatch):
+    from flows import pipeline as flow_module
+    monkeypatch.setattr(flow_module, "search_cell", flow_module.search_cell.with_options(retry_delay_seconds=0))
+    monkeypatch.setenv("PAIRS_INJECT_FAILURE", "search:MLP:0:0:1")
+    flow_module._attempts.clear()
+    result = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1,
+                                  final_rounds=1, seed=11)
+    assert flow_module._attempts == {"search:MLP:0:0:1": 3}  # one failure, then one attempt per MLP cell
+    assert store.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_dir, store, monkeypatch):
+    from flows import pipeline as flow_module
+    monkeypatch.setattr(flow_module, "final_group", flow_module.final_group.with_options(retry_delay_seconds=0))
+    monkeypatch.setenv("PAIRS_INJECT_FAILURE", "final:MLP_WS:1:-:99")
+    flow_module._attempts.clear()
+    with pytest.raises(RuntimeError, match=r"final fits of MLP_WS at batch size \d+ \(rounds 0-1\) failed: "
+                                           r"injected failure, attempt 3 of 99"):
+        flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="lasting", seed=12)
+    exp = store.get_experiment_by_name("lasting")
+    runs = store.search_runs([exp.experiment_id], max_results=1000)
+    top = [r for r in runs if r.info.run_name.startswith("pipeline")]
+    assert [r.info.status for r in top] == ["FAILED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_serve_registers_a_deployment(prefect_server, data_dir, tmp_path):
+    """`python -m flows serve` makes the pipeline a scheduled deployment the Prefect UI can trigger."""
+    import json
+    env = env_for(tmp_path, data_dir, prefect_server)
+    proc = subprocess.Popen([sys.executable, "-m", "flows", "serve", "--name", "ci-deployment", "--cron",
+                             "0 3 * * 0", "--profile", "quick"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline, found = time.time() + 90, None
+        while time.time() < deadline and not found:
+            time.sleep(2)
+            req = urllib.request.Request(prefect_server + "/deployments/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+            found = [d for d in json.load(urllib.request.urlopen(req, timeout=5)) if d["name"] == "ci-deployment"]
+        assert found, "the deployment did not appear"
+        dep = found[0]
+        assert dep["parameters"] == {"profile": "quick"}
+        assert any(s["schedule"].get("cron") == "0 3 * * 0" for s in dep["schedules"])
+        assert "batch_sizes" in dep["parameter_openapi_schema"]["properties"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
