@@ -80,9 +80,7 @@ def main(argv=None):
     from .pipeline import pipeline
     try:
         result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
-    except (KeyboardInterrupt, TerminationSignal) as e:
-        print(f"stopped by {'SIGTERM' if isinstance(e, TerminationSignal) else 'Ctrl-C'}: finished groups are "
-              "cached and logged; run the same command again to resume", file=sys.stderr)
+    except (KeyboardInterrupt, TerminationSignal):  # the flow has said so in one line and ended its runs
         return 130
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)

@@ -117,7 +117,11 @@ def pipeline(profile: str = "full", data_dir: str | None = None, seed: int | Non
     try:
         result = _run(protocol, profile, root, device, until, tracker)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
-        tracker.finish("KILLED" if isinstance(e, (KeyboardInterrupt, TerminationSignal)) else "FAILED")
+        stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
+        tracker.finish("KILLED" if stopped else "FAILED")
+        if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
+            print(f"stopped by {'SIGTERM' if isinstance(e, TerminationSignal) else 'Ctrl-C'}: finished groups "
+                  "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)
         raise
     tracker.finish()
     return result
