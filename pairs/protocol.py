@@ -9,6 +9,7 @@
    its architecture's selection, scored on that round's test pairs.
 Every seed is derived from `seed` and the unit's names (stage, round, fold), never from global state.
 """
+import functools
 from dataclasses import asdict, dataclass, replace
 
 from .data import derive_seed, kfold, pair_sets
@@ -75,6 +76,12 @@ PROFILES = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _pair_sets(n, seed, root):
+    """Each round's pairs are drawn once per process, though every grid cell and variant uses them."""
+    return pair_sets(n, seed, root)
+
+
 def _record(stage, cfg, rnd, fold, seed, result, eval_name):
     return {"stage": stage, "variant": cfg.variant, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
             "lr": cfg.lr, "aux_weight": cfg.aux_weight, "normalize": cfg.normalize,
@@ -90,7 +97,7 @@ def search_cell(protocol, architecture, batch_size, root=None, device="cpu"):
                     protocol.normalize)
     datas, keys = [], []
     for rnd in range(protocol.search_rounds):
-        p = pair_sets(protocol.pairs, derive_seed(protocol.seed, "search", rnd, "pairs"), root)
+        p = _pair_sets(protocol.pairs, derive_seed(protocol.seed, "search", rnd, "pairs"), root)
         for fold, (tr, va) in enumerate(kfold(protocol.pairs, protocol.folds,
                                               derive_seed(protocol.seed, "search", rnd, "folds"))):
             datas.append(FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr],
@@ -130,7 +137,7 @@ def final_group(protocol, variant, batch_size, epochs, root=None, device="cpu"):
     cfg = FitConfig(variant, batch_size, epochs, protocol.lr, protocol.aux_weight, protocol.normalize)
     datas, seeds = [], []
     for rnd in range(protocol.final_rounds):
-        p = pair_sets(protocol.pairs, derive_seed(protocol.seed, "final", rnd, "pairs"), root)
+        p = _pair_sets(protocol.pairs, derive_seed(protocol.seed, "final", rnd, "pairs"), root)
         datas.append(FitData(p.train_input, p.train_target, p.train_classes, p.test_input, p.test_target))
         seeds.append(derive_seed(protocol.seed, "final", rnd))
     results = fit_many(cfg, datas, seeds, (epochs,), device)

@@ -165,10 +165,10 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
     weight = cfg.aux_weight if parse(cfg.variant)[2] else 0.0
 
     def errors(inputs, targets):
-        chunk = max(1, 20000 // block)  # bound the activations of a block scored at once
         wrong = []
         for j, net in enumerate(nets):
             sl = slice(j * block, (j + 1) * block)
+            chunk = max(1, (50000 if device.type == "cuda" else 20000) // net.k)  # bound the activations
             wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk])[0].argmax(-1) != targets[sl, i:i + chunk]
                                     for i in range(0, inputs.shape[1], chunk)], 1))
         return torch.cat(wrong).float().mean(1)
