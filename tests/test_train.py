@@ -90,17 +90,16 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         fit(FitConfig("MLP", epochs=1), None, seed=0, device="cuda")
 
 
-def test_stacked_equals_plain_on_the_test_device(pairs_1000, monkeypatch):
+def test_stacked_equals_plain_on_the_test_device(pairs_1000):
     """The path --device cuda takes (all fits of a group in one block); PAIRS_TEST_DEVICE=cuda runs it on a GPU,
     in strict float32 (cuDNN's TF32 convolutions round to 10 bits and would drift apart over epochs)."""
     import os
     device = os.environ.get("PAIRS_TEST_DEVICE", "cpu")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cfg = FitConfig("ConvNet_AL", batch_size=25, epochs=2)
     datas, seeds = fold_data(pairs_1000), [5, 6, 7, 8]
-    stacked = fit_many(cfg, datas, seeds, device=device, block=len(seeds))
-    for data, seed, many in zip(datas, seeds, stacked):
-        one = fit(cfg, data, seed, device=device)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        stacked = fit_many(cfg, datas, seeds, device=device, block=len(seeds))
+        alone = [fit(cfg, data, seed, device=device) for data, seed in zip(datas, seeds)]
+    for one, many in zip(alone, stacked):
         assert many.train_loss == pytest.approx(one.train_loss, rel=1e-3, abs=1e-4)
         assert abs(many.eval_error[2] - one.eval_error[2]) <= 2 / 50
