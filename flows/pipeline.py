@@ -91,6 +91,19 @@ def log_fits(tracker, records, parent_id, context, n):
     return tracker.log_fits(records, parent_id, context)
 
 
+@task(cache_policy=NO_CACHE)
+def select(search_records):
+    """Per architecture, the (batch size, epochs) of lowest mean validation error."""
+    return P.select(P.search_table(search_records))
+
+
+@task(task_run_name="artifacts of {name}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 4])
+def write_artifacts(tracker, run_id, name, write):
+    """Write tables and figures with `write(folder)` (a pairs.report function) and log them to the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_artifacts(run_id, write(Path(tmp)))
+
+
 class Progress:
     def __init__(self, total):
         self.total, self.done, self.start = total, 0, time.time()
@@ -135,7 +148,7 @@ def run_meta(device, seconds):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"machine": f"{os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} torch threads",
-            "device": device, "wall_time": f"{seconds:.0f} s for this pipeline call (cached groups excluded)",
+            "device": device, "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
             "versions": f"Python {platform.python_version()}, torch {torch.__version__}, "
                         f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
             "command": "python -m flows " + shlex.join(sys.argv[1:]),
@@ -145,11 +158,10 @@ def run_meta(device, seconds):
 
 def _run(protocol, profile, root, device, until, tracker):
     started = time.time()
-    tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
-                       | {"pipeline.profile": profile, "pipeline.device": device,
-                          "pipeline.code_version": code_version()})
-    fingerprint = prepare_data(root)
     code = code_version()
+    tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
+                       | {"pipeline.profile": profile, "pipeline.device": device, "pipeline.code_version": code})
+    fingerprint = prepare_data(root)
     context = [fingerprint, code, device, protocol.pairs]
     if until == "prepare":
         return {"run_id": tracker.run_id}
@@ -164,10 +176,9 @@ def _run(protocol, profile, root, device, until, tracker):
             logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
             search += records
             progress.update("search", len(records))
-    selection = P.select(P.search_table(search))
+    selection = select(search)
     [f.result() for f in logged]
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker.log_artifacts(stage, R.search_artifacts(search, Path(tmp)))
+    write_artifacts(tracker, stage, "search", lambda out: R.search_artifacts(search, out))
     tracker.end(stage)
     tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()})
     print(f"[select] {selection}", flush=True)
@@ -184,16 +195,16 @@ def _run(protocol, profile, root, device, until, tracker):
         final += records
         progress.update("final", len(records))
     [f.result() for f in logged]
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker.log_artifacts(stage, R.final_artifacts(final, Path(tmp)))
+    write_artifacts(tracker, stage, "final", lambda out: R.final_artifacts(final, out))
     tracker.end(stage)
     if until == "final":
         return {"run_id": tracker.run_id, "selection": selection}
 
     meta = run_meta(device, time.time() - started)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
+
+    def report(out):
         (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "selection": selection, "meta": meta}))
-        tracker.log_artifacts(tracker.run_id, R.full_report(search, final, selection, protocol, out, meta)
-                              + [out / "run.json"])
+        return R.full_report(search, final, selection, protocol, out, meta) + [out / "run.json"]
+
+    write_artifacts(tracker, tracker.run_id, "the report", report)
     return {"run_id": tracker.run_id, "selection": selection}
