@@ -145,3 +145,29 @@ def test_report_regenerates_from_the_store(quick_run, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "REPORT.md").read_bytes() == artifact(client, root, "REPORT.md", tmp_path / "dl")
     assert (tmp_path / "out" / "table2.csv").read_bytes() == artifact(client, root, "table2.csv", tmp_path / "dl")
     assert len(paths) > 10
+
+
+def test_statistics_match_a_direct_computation_on_the_logged_errors(quick_run, tmp_path):
+    """statistics.csv against scipy on the test errors as MLflow holds them, per technique and architecture."""
+    from scipy import stats
+    client = quick_run["client"]
+    stats_csv = pd.read_csv(io.BytesIO(artifact(client, quick_run["first"]["run_id"], "statistics.csv", tmp_path)))
+    logged = {}
+    for r in fit_runs(client, "quick"):
+        if r.data.params["stage"] == "final":
+            logged[(r.data.params["variant"], int(r.data.params["round"]))] = r.data.metrics["test_error"]
+    rounds = sorted({k[1] for k in logged})
+    for arch in ("ConvNet", "MLP"):
+        for name, base, treated in (("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"),
+                                    ("WS+AL vs AL", "_AL", "_WS_AL"), ("WS+AL vs WS", "_WS", "_WS_AL")):
+            a = [logged[(arch + base, k)] for k in rounds]
+            b = [logged[(arch + treated, k)] for k in rounds]
+            row = stats_csv[(stats_csv.architecture == arch) & (stats_csv.comparison == name)
+                            & (stats_csv.rounds == "all rounds")].iloc[0]
+            diffs = [y - x for x, y in zip(a, b)]
+            assert row.n == len(rounds)
+            assert row.diff_mean == pytest.approx(sum(diffs) / len(diffs), abs=1e-9)
+            if len(set(diffs)) > 1:
+                assert row.t_pvalue == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-6)
+                half = stats.t.ppf(0.975, len(diffs) - 1) * stats.tstd(diffs) / len(diffs) ** 0.5
+                assert row.ci_high - row.ci_low == pytest.approx(2 * half, rel=1e-6)

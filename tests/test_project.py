@@ -65,3 +65,22 @@ def test_mlflow_run_quick(tmp_path, data_dir):
     assert parents[0].data.params["profile"] == "quick"
     assert sum("pairs.fit_key" in r.data.tags for r in all_runs) == sum(
         __import__("pairs.protocol", fromlist=["PROFILES"]).PROFILES["quick"].fits())
+
+
+@pytest.mark.slow
+def test_mlflow_run_rejects_bad_parameters_before_any_work(tmp_path, data_dir):
+    """`-P search_rounds=0`: a one-line error, a non-zero exit, and only MLflow's own run (FAILED) in the store."""
+    import os
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PAIRS_DATA_DIR=data_dir,
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("MLFLOW_RUN_ID", None)
+    out = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bad",
+                          "-P", "profile=quick", "-P", "search_rounds=0"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    assert "error: search_rounds must be a positive integer, got 0" in out.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"] and not any("pairs.stage" in r.data.tags for r in runs)
