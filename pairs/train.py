@@ -7,8 +7,8 @@ scored (train error, eval error) after each epoch count in score_at: without a s
 is exactly the first 25 epochs of a 50-epoch fit with the same seed.
 
 `fit_many` stacks the parameters of K fits (pairs.stacked: grouped convolutions, batched matmuls) in
-blocks sized to stay in cache, and trains them with one Adam over the stacked tensors. Adam is elementwise and each fit's loss
-reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
+blocks sized to stay in cache, and trains them with one Adam over the stacked tensors. Adam is
+elementwise and each fit's loss reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
 diverges leaves the others untouched.
 """
 import time
@@ -89,8 +89,10 @@ def resolve_device(device="cpu"):
 
 
 def _losses(cfg, pair_logits, digit_logits, target, classes):
-    main = F.cross_entropy(pair_logits, target)
-    aux = F.cross_entropy(digit_logits.reshape(-1, 10), classes.reshape(-1))
+    """(total, main, aux) per fit: mean cross-entropies over a batch, for one fit (target B) or stacked (K x B)."""
+    main = F.cross_entropy(pair_logits.reshape(-1, 2), target.flatten(), reduction="none").view(target.shape)
+    aux = F.cross_entropy(digit_logits.reshape(-1, 10), classes.flatten(), reduction="none")
+    main, aux = main.mean(-1), aux.view(*target.shape[:-1], -1).mean(-1)
     weight = cfg.aux_weight if parse(cfg.variant)[2] else 0.0
     return main + weight * aux, main, aux
 
@@ -162,8 +164,6 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
                 for a in ("train_target", "train_classes", "eval_target"))
     n = x.shape[1]
     gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
-    weight = cfg.aux_weight if parse(cfg.variant)[2] else 0.0
-
     def errors(inputs, targets):
         wrong = []
         for j, net in enumerate(nets):
@@ -183,13 +183,10 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
             for j, net in enumerate(nets):
                 sl = slice(j * block, (j + 1) * block)
                 rows = torch.arange(sl.start, min(sl.stop, K), device=device)[:, None]
-                pair, digits = net.forward(x[rows, idx[sl]])
-                main = F.cross_entropy(pair.flatten(0, 1), y[rows, idx[sl]].flatten(), reduction="none")
-                aux = F.cross_entropy(digits.reshape(-1, 10), c[rows, idx[sl]].flatten(), reduction="none")
-                main, aux = main.view(len(rows), -1).mean(1), aux.view(len(rows), -1).mean(1)
-                total = main + weight * aux
-                total.sum().backward()
-                history[epoch, sl] += torch.stack((total, main, aux), 1).detach() * idx.shape[1] / n
+                losses = torch.stack(_losses(cfg, *net.forward(x[rows, idx[sl]]), y[rows, idx[sl]],
+                                             c[rows, idx[sl]]), 1)  # k x (total, main, aux)
+                losses[:, 0].sum().backward()
+                history[epoch, sl] += losses.detach() * idx.shape[1] / n
             opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
