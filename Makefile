@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 export PAIRS_DATA_DIR ?= $(CURDIR)/data
+export MLFLOW_DISABLE_TELEMETRY = true
+export DO_NOT_TRACK = 1
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)

@@ -4,6 +4,7 @@ Every option defaults to the profile's value (full: the study's protocol; quick:
 Input is checked before the first Prefect or MLflow call, so a typo fails in a second.
 """
 import argparse
+import importlib
 import sys
 
 from . import ROOT  # noqa: F401  (sets Prefect/MLflow environment defaults first)
@@ -36,7 +37,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_parser():
-    p = Parser(prog="python -m flows", description="Run the pairs pipeline.")
+    p = Parser(prog="python -m flows", description="Run the pairs pipeline.",
+               epilog="Other commands: `python -m flows serve` (a Prefect deployment), "
+                      "`python -m flows report RUN_ID` (rebuild a report), `python -m flows bench`.")
     p.add_argument("--profile", default="full", choices=["full", "quick"])
     p.add_argument("--data-dir", type=optional(str), default=None,
                    help="torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
@@ -56,19 +59,9 @@ def run_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command = argv[0] if argv and argv[0] in ("run", "serve", "report", "bench") else "run"
-    argv = argv[1:] if argv and argv[0] == command else argv
-    if command == "report":
-        from .report import main as report_main
-        return report_main(argv)
-    if command == "bench":
-        from .bench import main as bench_main
-        return bench_main(argv)
-    args = run_parser().parse_args(argv) if command == "run" else None
-    if command == "serve":
-        from .serve import main as serve_main
-        return serve_main(argv)
-    kwargs = {k: v for k, v in vars(args).items()}
+    if argv and argv[0] in ("serve", "report", "bench"):
+        return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
+    kwargs = vars(run_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv))
     from .checks import check_inputs
     try:
         check_inputs(**kwargs)
