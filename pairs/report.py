@@ -113,19 +113,23 @@ def _save(fig, out, name, svg=False):
 
 
 def loss_figures(records, out):
-    """Mean training loss per epoch of each variant over the rounds, with a ±1 std band; one per architecture."""
+    """Mean training loss per epoch of each variant over the rounds with its 95% CI; one figure per architecture."""
+    from scipy.stats import t
+
     paths = []
     for arch in dict.fromkeys(parse(r["variant"])[0] for r in records):
         fig, ax = plt.subplots(figsize=(6, 4))
         for variant in dict.fromkeys(r["variant"] for r in records if parse(r["variant"])[0] == arch):
             curves = [r["train_loss"] for r in records if r["variant"] == variant]
             stats = [mean_std(col) for col in zip(*curves)]
-            epochs = range(1, len(stats) + 1)
-            m = [s[0] for s in stats]
+            half = t.ppf(0.975, max(len(curves) - 1, 1)) / len(curves) ** 0.5
+            epochs, m = range(1, len(stats) + 1), [s[0] for s in stats]
             ax.plot(epochs, m, label=variant)
-            ax.fill_between(epochs, [a - s for a, s in stats], [a + s for a, s in stats], alpha=0.2)
+            # the log axis cannot show a band below zero: clip it at a tenth of the mean
+            ax.fill_between(epochs, [max(a - half * s, a / 10) for a, s in stats],
+                            [a + half * s for a, s in stats], alpha=0.2)
         ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log",
-               title=f"{arch}: average loss per epoch ({len(curves)} rounds, band ±1 std)")
+               title=f"{arch}: average loss per epoch ({len(curves)} rounds, band: 95% CI)")
         ax.legend()
         paths += _save(fig, out, f"loss_{arch}", svg=True)
     return paths

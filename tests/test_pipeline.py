@@ -44,7 +44,7 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
     fits_after_first = len(fit_runs(client, "quick"))
     second = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
     t2 = time.time()
-    yield {"client": client, "first": first, "second": second, "t_first": t1 - t0, "t_second": t2 - t1,
+    yield {"client": client, "uri": uri, "first": first, "second": second, "t_first": t1 - t0, "t_second": t2 - t1,
            "fits_after_first": fits_after_first}
     mp.undo()
 
@@ -92,6 +92,8 @@ def test_artifacts_open(quick_run, tmp_path):
     assert {"train_error_mean", "test_error_mean", "param_count", "s_per_epoch", "study_test_error_mean"} <= set(t2)
     for png in ("loss_ConvNet.png", "loss_MLP.png", "table1_heatmap.png", "test_error_by_round.png"):
         assert artifact(client, root, png, tmp_path).startswith(b"\x89PNG\r\n\x1a\n")
+    for svg in ("loss_ConvNet.svg", "loss_MLP.svg"):
+        assert b"<svg" in artifact(client, root, svg, tmp_path)[:2000]
     assert b"| variant |" in artifact(client, root, "table2.md", tmp_path)
     report = artifact(client, root, "REPORT.md", tmp_path).decode()
     assert "## Table 1" in report and "## Table 2" in report and "## Conclusions" in report
@@ -138,8 +140,7 @@ def test_a_new_store_gets_every_cached_fit(quick_run, prefect_env, data_dir, sto
 def test_report_regenerates_from_the_store(quick_run, tmp_path, monkeypatch):
     from flows.report import regenerate
     client = quick_run["client"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri if hasattr(client, "tracking_uri")
-                       else client._tracking_client.tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", quick_run["uri"])
     root = quick_run["first"]["run_id"]
     paths = regenerate(root, tmp_path / "out")
     assert (tmp_path / "out" / "REPORT.md").read_bytes() == artifact(client, root, "REPORT.md", tmp_path / "dl")
