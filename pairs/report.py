@@ -3,7 +3,6 @@
 Inputs are fit records (see pairs.protocol): plain dicts, so a report can be rebuilt from what a run
 stored without training. Errors are fractions; tables show percentages.
 """
-import io
 import json
 from pathlib import Path
 
@@ -170,12 +169,6 @@ def write_tables(out, name, df, shown):
     df.to_csv(out / f"{name}.csv", index=False)
     (out / f"{name}.md").write_text(markdown(shown))
     return [out / f"{name}.csv", out / f"{name}.md"]
-
-
-def csv_text(df):
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    return buf.getvalue()
 
 
 def save_records(records, path):
