@@ -154,7 +154,8 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
     block = block or default_block(cfg.variant, cfg.batch_size, device)
     models = [init_model(cfg.variant, s) for s in seeds]
     K = len(models)
-    nets = [Stacked(models[i:i + block], device) for i in range(0, K, block)]
+    slices = [slice(j, min(j + block, K)) for j in range(0, K, block)]
+    nets = [Stacked(models[sl], device) for sl in slices]
     opt = torch.optim.Adam([p for net in nets for p in net.parameters()], lr=cfg.lr, fused=True)  # one kernel
 
     prepared = [_prepare(d, cfg.normalize) for d in datas]
@@ -164,10 +165,11 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
                 for a in ("train_target", "train_classes", "eval_target"))
     n = x.shape[1]
     gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
+    block_rows = [torch.arange(sl.start, sl.stop, device=device)[:, None] for sl in slices]  # gather indices
+
     def errors(inputs, targets):
         wrong = []
-        for j, net in enumerate(nets):
-            sl = slice(j * block, (j + 1) * block)
+        for net, sl in zip(nets, slices):
             chunk = max(1, (50000 if device.type == "cuda" else 20000) // net.k)  # bound the activations
             wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk])[0].argmax(-1) != targets[sl, i:i + chunk]
                                     for i in range(0, inputs.shape[1], chunk)], 1))
@@ -180,9 +182,7 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
         for idx in perms.split(cfg.batch_size, dim=1):
             opt.zero_grad()
-            for j, net in enumerate(nets):
-                sl = slice(j * block, (j + 1) * block)
-                rows = torch.arange(sl.start, min(sl.stop, K), device=device)[:, None]
+            for net, sl, rows in zip(nets, slices, block_rows):
                 losses = torch.stack(_losses(cfg, *net.forward(x[rows, idx[sl]]), y[rows, idx[sl]],
                                              c[rows, idx[sl]]), 1)  # k x (total, main, aux)
                 losses[:, 0].sum().backward()
