@@ -94,7 +94,7 @@ def measure(device, epochs, rounds, folds, final_rounds, batches):
     return rows, n_train
 
 
-def extrapolate(rows, n_train, grid_epochs, rounds, folds, final_rounds, batches):
+def extrapolate(rows, grid_epochs, rounds, folds, final_rounds, batches):
     """Training seconds of the full protocol: stacked (as the pipeline runs it) and one model at a time,
     a fresh fit for every epoch count (as the study ran it)."""
     k = rounds * folds
@@ -185,7 +185,7 @@ def main(argv):
     started = time.perf_counter()
     ceiling = matmul_gflops(device)
     rows, n_train = measure(device, args.epochs, rounds, folds, final_rounds, batches)
-    stacked, alone = extrapolate(rows, n_train, full.epochs, rounds, folds, final_rounds, batches)
+    stacked, alone = extrapolate(rows, full.epochs, rounds, folds, final_rounds, batches)
 
     lines = [f"# Benchmarks ({device.type})", "",
              f"- Machine: {machine(device)}",
