@@ -7,7 +7,10 @@ import argparse
 import importlib
 import sys
 
+from pairs.protocol import PROFILES
+
 from . import ROOT  # noqa: F401  (sets Prefect/MLflow environment defaults first)
+from .checks import STAGES, check_inputs
 
 
 def int_list(text):
@@ -40,7 +43,7 @@ def run_parser():
     p = Parser(prog="python -m flows", description="Run the pairs pipeline.",
                epilog="Other commands: `python -m flows serve` (a Prefect deployment), "
                       "`python -m flows report RUN_ID` (rebuild a report), `python -m flows bench`.")
-    p.add_argument("--profile", default="full", choices=["full", "quick"])
+    p.add_argument("--profile", default="full", choices=list(PROFILES))
     p.add_argument("--data-dir", type=optional(str), default=None,
                    help="torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
     p.add_argument("--seed", type=optional(int), default=None)
@@ -52,7 +55,7 @@ def run_parser():
     p.add_argument("--epochs", type=optional(int_list), default=None, help="e.g. 25,50")
     p.add_argument("--experiment", default="pairs")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--until", default="report", choices=["prepare", "search", "final", "report"],
+    p.add_argument("--until", default="report", choices=STAGES,
                    help="stop after this stage")
     return p
 
@@ -62,7 +65,6 @@ def main(argv=None):
     if argv and argv[0] in ("serve", "report", "bench"):
         return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
     kwargs = vars(run_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv))
-    from .checks import check_inputs
     try:
         check_inputs(**kwargs)
     except ValueError as e:

@@ -5,12 +5,14 @@ deployment then shows in the UI, where it can be triggered with parameters and i
 """
 import argparse
 
+from pairs.protocol import PROFILES
+
 
 def main(argv):
     p = argparse.ArgumentParser(prog="python -m flows serve", description=__doc__)
     p.add_argument("--name", default="pairs-study")
     p.add_argument("--cron", default="0 3 * * 0", help="schedule (default: Sundays 03:00)")
-    p.add_argument("--profile", default="full", choices=["full", "quick"])
+    p.add_argument("--profile", default="full", choices=list(PROFILES))
     args = p.parse_args(argv)
     from .pipeline import pipeline
     pipeline.serve(name=args.name, cron=args.cron, parameters={"profile": args.profile})

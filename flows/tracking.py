@@ -150,9 +150,9 @@ class Tracker:
             params["fold"] = r["fold"]
         now = int(time.time() * 1000)
         metrics = [Metric("param_count", r["param_count"], now, 0), Metric("s_per_epoch", r["s_per_epoch"], now, 0)]
-        for name in ("train_loss", "main_loss", "aux_loss"):
-            key_ = name if name == "train_loss" else f"train_{name}"
-            metrics += [Metric(key_, v, now, e + 1) for e, v in enumerate(r[name])]
+        for metric, field in (("train_loss", "train_loss"), ("train_main_loss", "main_loss"),
+                              ("train_aux_loss", "aux_loss")):
+            metrics += [Metric(metric, v, now, e + 1) for e, v in enumerate(r[field])]
         eval_name = "val_error" if r["stage"] == "search" else "test_error"
         for e in sorted(r["train_error"]):
             metrics += [Metric("train_error", r["train_error"][e], now, e), Metric(eval_name, r[eval_name][e], now, e)]

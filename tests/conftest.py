@@ -1,7 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Before any test module imports prefect (which reads its settings once): task results of this session
+# go to a fresh folder, never to the project's .cache/prefect, so no test hits an earlier session's cache.
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="pairs-test-results-")
 
 from pairs.data import MNIST_FILES
 
@@ -23,9 +28,8 @@ def pairs_1000(data_dir):
 
 
 @pytest.fixture(scope="session")
-def prefect_env(tmp_path_factory):
-    """The real Prefect engine (a temporary server), with task results in a fresh folder of this session."""
-    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(tmp_path_factory.mktemp("prefect-results"))
+def prefect_env():
+    """The real Prefect engine (a temporary server), with task results in this session's fresh folder."""
     import flows  # noqa: F401  (its environment defaults, before prefect is imported)
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
