@@ -1,62 +1,102 @@
 """k PairNets of one variant as one set of stacked tensors, with a forward pass for all k at once.
 
-The 2k digit branches (k with weight sharing) become M groups: convolutions run as one grouped conv2d
-in channels-last layout, linear layers as one batched matmul (baddbmm). On CPU this is 2-3x faster per
-fit than vmap over functional_call, whose convolutions and poolings fall back to slow NCHW kernels.
-Each tensor is a leaf whose slice k belongs to fit k alone: Adam, being elementwise, treats every fit
-exactly as if it were alone.
+The forward pass is compiled by walking the model's `branch` and `head` modules, so pairs/models.py
+stays the one place where the architecture is written: Conv2d becomes one grouped conv2d over the M
+stacked branches (2k, or k with weight sharing) in channels-last layout, Linear one batched matmul
+(baddbmm), MaxPool2d, ReLU and Flatten act on that layout. A layer it does not know is an error, never
+skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
+poolings fall back to slow NCHW kernels. Each tensor is a leaf whose slice k belongs to fit k alone:
+Adam, being elementwise, treats every fit exactly as if it were alone.
 """
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def _leaf(t, device):
+    return t.to(device).contiguous().requires_grad_()
+
+
+def _conv(mods, device):
+    first = mods[0]
+    w = _leaf(torch.stack([m.weight.detach() for m in mods]).flatten(0, 1), device)  # (M*out, in, kh, kw)
+    b = _leaf(torch.stack([m.bias.detach() for m in mods]).flatten(), device) if first.bias is not None else None
+    if first.groups != 1 or first.padding_mode != "zeros":
+        raise TypeError(f"pairs.stacked supports Conv2d with groups=1 and zero padding, not {first}")
+    return "image", lambda h, M: F.conv2d(h, w, b, first.stride, first.padding, first.dilation, groups=M), [w, b]
+
+
+def _linear(mods, device):
+    w = _leaf(torch.stack([m.weight.detach() for m in mods]).transpose(1, 2), device)  # (M, in, out)
+    b = _leaf(torch.stack([m.bias.detach() for m in mods])[:, None, :], device)  # (M, 1, out)
+    return "rows", lambda h, M: torch.baddbmm(b, h, w), [w, b]
+
+
+def _pool(mods, device):
+    p = mods[0]
+    return "image", lambda h, M: F.max_pool2d(h, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode), []
+
+
+def _relu(mods, device):
+    return None, lambda h, M: h.relu(), []
+
+
+def _flatten(mods, device):
+    if (mods[0].start_dim, mods[0].end_dim) != (1, -1):
+        raise TypeError(f"pairs.stacked supports Flatten() over all but the batch dimension, not {mods[0]}")
+    return "flatten", None, []
+
+
+# module type -> compiler: (layout it needs, op(h, M), its stacked parameters)
+LAYERS = {nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten}
+
+
+def compile_stack(seqs, where, device):
+    """The layers of equal nn.Sequentials `seqs` (one per stacked group) as a list of (layout, op)."""
+    ops, params = [], []
+    for i, mod in enumerate(seqs[0]):
+        make = LAYERS.get(type(mod))
+        if make is None:
+            raise TypeError(f"pairs.stacked cannot stack layer {i} of the {where} ({type(mod).__name__}); "
+                            f"supported: {', '.join(t.__name__ for t in LAYERS)}. Add it to pairs.stacked.LAYERS.")
+        layout, op, ps = make([s[i] for s in seqs], device)
+        ops.append((layout, op))
+        params += [p for p in ps if p is not None]
+    return ops, params
+
+
+def run_stack(ops, h, M):
+    """h: (M, G, ...) per group -> (M, G, features). Image layers run on (G, M*C, H, W), channels last."""
+    image = False
+    for layout, op in ops:
+        if layout == "image" and not image:  # (M, G, H, W): M groups of G one-channel images
+            h, image = h.transpose(0, 1).contiguous(memory_format=torch.channels_last), True
+        if layout == "flatten":  # to (M, G, C*H*W) in PyTorch's (C, H, W) order
+            h = h.reshape(h.shape[0], M, -1).transpose(0, 1) if image else h.reshape(M, h.shape[1], -1)
+            image = False
+        else:
+            h = op(h, M)
+    return h
 
 
 class Stacked:
     def __init__(self, models, device):
         m0 = models[0]
-        self.k, self.conv = len(models), isinstance(m0.branch1[0], torch.nn.Conv2d)
-        self.shared = m0.branch1 is m0.branch2
+        self.k, self.shared = len(models), m0.branch1 is m0.branch2
         # per fit: its branches in image order (one when shared); M = k x branches
-        branches = [[m.branch1] if self.shared else [m.branch1, m.branch2] for m in models]
-        layers = [i for i, mod in enumerate(m0.branch1) if hasattr(mod, "weight")]
-
-        def stack(getter):
-            return torch.stack([getter(b) for fit in branches for b in fit]).to(device)
-
-        self.branch = []
-        for i in layers:
-            w, b = stack(lambda br: br[i].weight.detach()), stack(lambda br: br[i].bias.detach())
-            if w.dim() == 5:  # conv: (M, out, in, 3, 3) -> grouped (M*out, in, 3, 3)
-                w, b = w.flatten(0, 1), b.flatten()
-            else:  # linear: (M, out, in) -> (M, in, out) for baddbmm; bias (M, 1, out)
-                w, b = w.transpose(1, 2), b[:, None, :]
-            self.branch.append((w.contiguous().requires_grad_(), b.contiguous().requires_grad_()))
-        self.head = [(torch.stack([m.head[i].weight.detach() for m in models]).transpose(1, 2).to(device)
-                      .contiguous().requires_grad_(),
-                      torch.stack([m.head[i].bias.detach() for m in models])[:, None, :].to(device)
-                      .contiguous().requires_grad_()) for i in (0, 2)]
+        branches = [b for m in models for b in ([m.branch1] if self.shared else [m.branch1, m.branch2])]
+        self.branch, branch_params = compile_stack(branches, "digit branch", device)
+        self.head, head_params = compile_stack([m.head for m in models], "comparison head", device)
+        self._params = branch_params + head_params
 
     def parameters(self):
-        return [t for pair in self.branch + self.head for t in pair]
+        return self._params
 
     def forward(self, x):
         """x: (k, B, 2, 14, 14) -> pair logits (k, B, 2), digit logits (k, B, 2, 10)."""
         k, B = x.shape[:2]
         per = 1 if self.shared else 2
         # (k, B, 2, ...) -> groups M = k*per, each with G = B*2/per images: (M, G, 14, 14)
-        h = x.permute(0, 2, 1, 3, 4).reshape(k * per, B * 2 // per, 14, 14)
-        M, G = h.shape[:2]
-        linear = self.branch
-        if self.conv:
-            h = h.transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (G, M, 14, 14): M channels
-            for w, b in self.branch[:2]:
-                h = F.max_pool2d(F.conv2d(h, w, b, groups=M), 2).relu()
-            h = h.reshape(G, M, -1).transpose(0, 1)  # (M, G, 256), PyTorch's (C, H, W) flatten order
-            linear = self.branch[2:]
-        else:
-            h = h.reshape(M, G, 196)
-        for i, (w, b) in enumerate(linear):
-            h = torch.baddbmm(b, h, w)
-            h = h.relu() if i < len(linear) - 1 else h
-        digits = h.reshape(k, 2, B, 10).transpose(1, 2)  # back to (k, B, 2, 10)
-        (w1, b1), (w2, b2) = self.head
-        return torch.baddbmm(b2, torch.baddbmm(b1, digits.reshape(k, B, 20), w1).relu(), w2), digits
+        h = x.permute(0, 2, 1, 3, 4).reshape(k * per, B * 2 // per, *x.shape[3:])
+        digits = run_stack(self.branch, h, k * per).reshape(k, 2, B, -1).transpose(1, 2)  # (k, B, 2, 10)
+        return run_stack(self.head, digits.reshape(k, B, -1), k), digits
