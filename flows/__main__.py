@@ -1,37 +1,16 @@
-"""python -m flows [run] [options] | serve | report RUN_ID | bench: the pipeline's command line.
+"""python -m flows [run] [options] | serve | report RUN_ID | bench | mlproject: the pipeline's command line.
 
-Every option defaults to the profile's value (full: the study's protocol; quick: tiny counts).
-Input is checked before the first Prefect or MLflow call, so a typo fails in a second.
+The run options are the settings of flows.settings, one flag each; a protocol setting left out takes the
+profile's value (full: the study's protocol; quick: tiny counts). Input is checked before the first
+Prefect or MLflow call, so a typo fails in a second.
 """
 import argparse
 import importlib
 import sys
 
-from pairs.protocol import PROFILES
-
-from . import ROOT  # noqa: F401  (sets Prefect/MLflow environment defaults first)
-from .checks import STAGES, check_inputs
-
-
-def int_list(text):
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    return values
-
-
-def optional(kind):
-    """An option that MLproject may pass as '' (= the profile's value)."""
-    def parse(text):
-        if text == "":
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__.replace('_', ' ')}, got {text!r}") from None
-    parse.__name__ = kind.__name__
-    return parse
+from . import ROOT
+from .lifetime import guard_process
+from .settings import SETTINGS, check_inputs, mlproject
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,34 +18,41 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _argument_type(setting):
+    def parse(text):
+        try:
+            return setting.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = setting.name
+    return parse
+
+
 def run_parser():
     p = Parser(prog="python -m flows", description="Run the pairs pipeline.",
                epilog="Other commands: `python -m flows serve` (a Prefect deployment), "
-                      "`python -m flows report RUN_ID` (rebuild a report), `python -m flows bench`.")
-    p.add_argument("--profile", default="full", choices=list(PROFILES))
-    p.add_argument("--data-dir", type=optional(str), default=None,
-                   help="torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
-    p.add_argument("--seed", type=optional(int), default=None)
-    p.add_argument("--pairs", type=optional(int), default=None, help="pairs per split and round")
-    p.add_argument("--search-rounds", type=optional(int), default=None)
-    p.add_argument("--folds", type=optional(int), default=None)
-    p.add_argument("--final-rounds", type=optional(int), default=None)
-    p.add_argument("--batch-sizes", type=optional(int_list), default=None, help="e.g. 25,50,100")
-    p.add_argument("--epochs", type=optional(int_list), default=None, help="e.g. 25,50")
-    p.add_argument("--experiment", default="pairs")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--until", default="report", choices=STAGES,
-                   help="stop after this stage")
+                      "`python -m flows report RUN_ID` (rebuild a report), `python -m flows bench`, "
+                      "`python -m flows mlproject` (rewrite MLproject from the settings).")
+    for s in SETTINGS:
+        shown = " (default: the profile's)" if s.from_profile else f" (default: {s.default})" * (s.default is not None)
+        choices = f"; one{' or more' if s.many else ''} of {','.join(map(str, s.choices))}" if s.choices else ""
+        p.add_argument(s.flag, dest=s.name, type=_argument_type(s), default=s.default,
+                       metavar=s.name.upper(), help=s.help + choices + shown)
     return p
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    guard_process()
+    if argv[:1] == ["mlproject"]:
+        (ROOT / "MLproject").write_text(mlproject())
+        print(f"wrote {ROOT / 'MLproject'}")
+        return 0
     if argv and argv[0] in ("serve", "report", "bench"):
         return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
-    kwargs = vars(run_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv))
+    values = vars(run_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv))
     try:
-        check_inputs(**kwargs)
+        check_inputs(**values)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,7 +60,7 @@ def main(argv=None):
 
     from .pipeline import pipeline
     try:
-        result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+        result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
     except (KeyboardInterrupt, TerminationSignal):  # the flow has said so in one line and ended its runs
         return 130
     except Exception as e:

@@ -9,7 +9,6 @@ pipeline's packages and run on the CPU.
 """
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,13 +18,15 @@ from pathlib import Path
 
 import torch
 
+from pairs import protocol as P
 from pairs.data import pair_sets
 from pairs.models import VARIANTS, build, parse
-from pairs import protocol as P
 from pairs.protocol import PROFILES
-from pairs.train import FitConfig, FitData, fit, fit_many, resolve_device
+from pairs.report import study_table
+from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, resolve_device
 
-STUDY_BATCH = {"ConvNet": (100, 50), "MLP": (25, 25)}  # the study's final (batch, epochs)
+STUDY = study_table("table2").set_index("variant")
+STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
 
 
 def macs_per_pair(variant):
@@ -112,13 +113,13 @@ def tracking_cost(n_fits=100, epochs=50):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
     from flows.tracking import Tracker
     tracker = Tracker("bench", run_name="bench")
-    rec = {"stage": "search", "variant": "ConvNet", "batch_size": 25, "epochs": epochs, "lr": 1e-3,
-           "aux_weight": 1.0, "normalize": False, "round": 0, "fold": 0, "seed": 0, "param_count": 144684,
-           "train_loss": [0.5] * epochs, "main_loss": [0.4] * epochs, "aux_loss": [0.1] * epochs,
-           "s_per_epoch": 0.1, "train_error": {25: 0.01, 50: 0.0}, "val_error": {25: 0.2, 50: 0.19}}
+    fits = P.search_groups(P.Protocol(search_rounds=n_fits // 10, epochs=(epochs // 2, epochs)))[0].fits
+    recs = [P.FitRecord(**vars(f), train_loss=(0.5,) * epochs, main_loss=(0.4,) * epochs, aux_loss=(0.1,) * epochs,
+                        scores=((epochs // 2, 0.01, 0.2), (epochs, 0.0, 0.19)), param_count=144684, s_per_epoch=0.1)
+            for f in fits]
     parent = tracker.child("search")
     t = time.perf_counter()
-    tracker.log_fits([dict(rec, round=i) for i in range(n_fits)], parent, ["bench"])
+    tracker.log_fits(recs, parent, ["bench"])
     return (time.perf_counter() - t) / n_fits
 
 
@@ -160,16 +161,6 @@ print(time.perf_counter() - t)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def machine(device):
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    gpu = f", GPU {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
-    return (f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"Python {platform.python_version()}")
-
-
 def main(argv):
     ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -188,22 +179,20 @@ def main(argv):
     stacked, alone = extrapolate(rows, full.epochs, rounds, folds, final_rounds, batches)
 
     lines = [f"# Benchmarks ({device.type})", "",
-             f"- Machine: {machine(device)}",
+             f"- Machine: {describe_machine(device)}",
              f"- Command: `python -m flows bench --device {args.device} --epochs {args.epochs}` "
              f"({time.strftime('%Y-%m-%d')}); all numbers below from this one run.",
              f"- float32 matmul 2048x2048: **{ceiling:.0f} GFLOP/s** (the practical ceiling).", "",
              "| what | variant | batch | fits stacked | s/epoch per fit | GFLOP/s | % of matmul | study s/epoch |",
              "|---|---|---|---|---|---|---|---|"]
-    study = {"ConvNet": 0.57, "ConvNet_WS": 0.54, "ConvNet_AL": 0.55, "ConvNet_WS_AL": 0.56, "MLP": 0.38,
-             "MLP_WS": 0.29, "MLP_AL": 0.40, "MLP_WS_AL": 0.31}
     for (what, v, b), (s, n, k) in rows.items():
         g = train_flops(v, n) / s / 1e9
         lines.append(f"| {what} | {v} | {b} | {k} | {s:.4f} | {g:.1f} | {100 * g / ceiling:.0f}% | "
-                     f"{study[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
+                     f"{STUDY.s_per_epoch[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
     lines += ["", "## The full protocol (training time extrapolated from the measured groups)", "",
               f"Search: 2 architectures x {len(batches)} batch sizes x {rounds * folds} fits x {max(full.epochs)} "
               f"epochs, scored at {list(full.epochs)}; final: 8 variants x {final_rounds} rounds at the study's "
-              "selection (ConvNet 100/50, MLP 25/25).", "",
+              f"final settings ({', '.join(f'{a} {b}/{e}' for a, (b, e) in STUDY_BATCH.items())}).", "",
               f"- one model at a time, a fresh fit per epoch count (the study's way): **{alone:.0f} s**",
               f"- stacked, every epoch count scored from one fit (the pipeline): **{stacked:.0f} s**",
               f"- speed-up: **{alone / stacked:.1f}x**"]
@@ -228,9 +217,9 @@ def main(argv):
                   "MLflow overlaps training)"]
     if args.full:
         t = time.perf_counter()
-        search = [r for a in full.architectures for b in batches for r in P.search_cell(full, a, b, device=device)]
+        search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)]
         chosen = P.select(P.search_table(search))
-        final = [r for v in VARIANTS for r in P.final_group(full, v, *chosen[parse(v)[0]].values(), device=device)]
+        final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)]
         took = time.perf_counter() - t
         table = {r["variant"]: r for r in P.final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",

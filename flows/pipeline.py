@@ -1,14 +1,16 @@
 """The pipeline flow: prepare -> search -> select -> evaluate -> report, each step a Prefect task.
 
-Training tasks are cached on their inputs and on the library's code version (a hash of pairs/), with
-results persisted under .cache/prefect: a rerun with nothing changed reuses every finished group, and a
-rerun after a crash redoes only unfinished groups. Fit logging is not cached but idempotent (see
+The protocol lists each stage's units of work (pairs.protocol.Group: a search cell, a final variant);
+one stage helper trains them as cached tasks, logs their fits and writes the stage's artifacts. A
+group's cache key is made of its fits' keys (the same keys the MLflow store knows the fits by: settings,
+seeds, data draw, MNIST fingerprint, code version, device) and the task's source, with results
+persisted under .cache/prefect: a rerun with nothing changed reuses every finished group, and a rerun
+after a crash redoes only unfinished groups. Fit logging is not cached but idempotent (see
 flows.tracking), and runs in Prefect's thread pool so it overlaps the next group's training.
 """
 import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -17,45 +19,37 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.exceptions import TerminationSignal
 
 from pairs import protocol as P
 from pairs import report as R
 from pairs.data import data_root, mnist_fingerprint
-from pairs.models import parse
-from pairs.train import resolve_device
+from pairs.protocol import FitRecord
+from pairs.train import describe_machine, resolve_device
 
-from .checks import check_inputs
+from .settings import check_inputs, signature
 from .tracking import Tracker
 
 # Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
-CACHED = dict(cache_policy=(INPUTS - "root") + TASK_SOURCE, persist_result=True, result_serializer="json",
-              retries=2, retry_delay_seconds=[2, 10])
+CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
+              persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
+PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
 _attempts = {}
 
 
-def _inject_failure(stage, variant, rounds, folds):
+def _inject_failure(group):
     """Test hook: PAIRS_INJECT_FAILURE="stage:variant:round:fold:times" fails the group holding that fit
     `times` times (a passing failure when below the retries, a lasting one above)."""
     spec = os.environ.get("PAIRS_INJECT_FAILURE")
     if not spec:
         return
     s, v, r, f, times = spec.split(":")
-    if (s, v) == (stage, variant) and int(r) < rounds and (f == "-" or int(f) < folds):
+    if any((fit.stage, fit.variant, fit.round) == (s, v, int(r)) and (f == "-" or fit.fold == int(f))
+           for fit in group.fits):
         _attempts[spec] = _attempts.get(spec, 0) + 1
         if _attempts[spec] <= int(times):
             raise RuntimeError(f"injected failure, attempt {_attempts[spec]} of {times}")
-
-
-def _group(stage, variant, batch_size, rounds, folds, train):
-    """Run a group's training; an error names the group's fits and what went wrong."""
-    try:
-        _inject_failure(stage, variant, rounds, folds)
-        return train()
-    except Exception as e:
-        fits = f"rounds 0-{rounds - 1}" + (f", folds 0-{folds - 1}" if folds else "")
-        raise RuntimeError(f"{stage} fits of {variant} at batch size {batch_size} ({fits}) failed: {e}") from e
 
 
 def code_version(package=Path(P.__file__).parent):
@@ -67,6 +61,37 @@ def code_version(package=Path(P.__file__).parent):
     return h.hexdigest()[:16]
 
 
+class Progress:
+    """Progress lines with stage, group, epoch, fits done and the ETA of the whole call: after each group and,
+    while one trains, every PROGRESS_EVERY seconds. They go to the console and the flow run's logs."""
+
+    def __init__(self, work, fits):
+        self.work, self.fits, self.done, self.fits_done = work, fits, 0, 0  # work: fit-epochs to train
+        self.start = self.last = time.time()
+        self.group, self.trained = None, 0
+
+    def begin(self, group):
+        self.group, self.trained = group, 0
+
+    def epoch(self, epoch, epochs, n):
+        self.done += n
+        self.trained += n
+        if time.time() - self.last >= PROGRESS_EVERY:
+            self._say(f"epoch {epoch}/{epochs}")
+
+    def end(self, group):
+        self.work -= work([group]) - self.trained  # a cached group trains nothing: its work leaves the estimate
+        self.fits_done += len(group.fits)
+        self._say("done" if self.trained else "from the cache")
+
+    def _say(self, what):
+        elapsed = time.time() - self.start
+        eta = f"{elapsed / self.done * (self.work - self.done):.0f} s" if self.done else "?"
+        print(f"[{self.group.fits[0].stage}] {self.group.label}: {what}; {self.fits_done}/{self.fits} fits done, "
+              f"elapsed {elapsed:.0f} s, ETA {eta}", flush=True)
+        self.last = time.time()
+
+
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def prepare_data(root):
     """Check the four MNIST files (magic, counts, size) and fingerprint them: changed data invalidates caches.
@@ -74,16 +99,17 @@ def prepare_data(root):
     return mnist_fingerprint(root)
 
 
-@task(task_run_name="search {architecture} batch {batch_size}", **CACHED)
-def search_cell(protocol, architecture, batch_size, root, fingerprint, code, device):
-    return _group("search", architecture, batch_size, protocol.search_rounds, protocol.folds,
-                  lambda: P.search_cell(protocol, architecture, batch_size, root, device))
-
-
-@task(task_run_name="final {variant}", **CACHED)
-def final_group(protocol, variant, batch_size, epochs, root, fingerprint, code, device):
-    return _group("final", variant, batch_size, protocol.final_rounds, None,
-                  lambda: P.final_group(protocol, variant, batch_size, epochs, root, device))
+@task(task_run_name="{group.label}", **CACHED)
+def train(group, context, root, device, on_epoch=None):
+    """Train one group (a search cell or a final variant); an error names the group's fits."""
+    try:
+        _inject_failure(group)
+        return [r.to_json() for r in P.train_group(group, root, device, on_epoch)]
+    except Exception as e:
+        f = group.fits[-1]
+        fits = f"rounds 0-{f.round}" + (f", folds 0-{f.folds - 1}" if f.folds else "")
+        raise RuntimeError(f"{f.stage} fits of {f.variant} at batch size {f.config.batch_size} ({fits}) "
+                           f"failed: {e}") from e
 
 
 @task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
@@ -104,31 +130,35 @@ def write_artifacts(tracker, run_id, name, write):
         tracker.log_artifacts(run_id, write(Path(tmp)))
 
 
-class Progress:
-    def __init__(self, total):
-        self.total, self.done, self.start = total, 0, time.time()
-
-    def update(self, stage, n):
-        self.done += n
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        print(f"[{stage}] {self.done}/{self.total} fits, elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+def work(groups):
+    """Fit-epochs of training in these groups."""
+    return sum(len(g.fits) * g.fits[0].config.epochs for g in groups)
 
 
-@flow(name="pairs", log_prints=True)
-def pipeline(profile: str = "full", data_dir: str | None = None, seed: int | None = None,
-             pairs: int | None = None, search_rounds: int | None = None, folds: int | None = None,
-             final_rounds: int | None = None, batch_sizes: list[int] | None = None,
-             epochs: list[int] | None = None, experiment: str = "pairs", device: str = "cpu",
-             until: str = "report"):
+def stage(name, groups, tracker, context, root, device, progress, artifacts):
+    """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts."""
+    run_id = tracker.child(name, {"pairs.stage": name})
+    records, logged = [], []
+    for group in groups:
+        progress.begin(group)
+        got = [FitRecord.from_json(d) for d in train(group, context, root, device, progress.epoch)]
+        progress.end(group)
+        logged.append(log_fits.submit(tracker, got, run_id, context, len(got)))
+        records += got
+    [f.result() for f in logged]
+    write_artifacts(tracker, run_id, name, lambda out: artifacts(records, out))
+    tracker.end(run_id)
+    return records
+
+
+def _pipeline(**settings):
     """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
-    protocol = check_inputs(profile, data_dir, seed, pairs, search_rounds, folds, final_rounds, batch_sizes,
-                            epochs, experiment, device, until)
-    device = str(resolve_device(device))
-    root = str(data_root(data_dir))
-    tracker = Tracker(experiment, run_name=f"pipeline {profile}")
+    run, protocol = check_inputs(**settings)
+    device = str(resolve_device(run.device))
+    root = str(data_root(run.data_dir))
+    tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
     try:
-        result = _run(protocol, profile, root, device, until, tracker)
+        result = _run(protocol, run, root, device, tracker)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         tracker.finish("KILLED" if stopped else "FAILED")
@@ -140,64 +170,48 @@ def pipeline(profile: str = "full", data_dir: str | None = None, seed: int | Non
     return result
 
 
+# The flow's parameters are the settings (flows.settings), so a deployment's custom run can set each one.
+_pipeline.__signature__ = signature()
+_pipeline.__annotations__ = {n: p.annotation for n, p in _pipeline.__signature__.parameters.items()}
+pipeline = flow(name="pairs", log_prints=True)(_pipeline)
+
+
 def run_meta(device, seconds):
     import mlflow
     import prefect
-    import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"machine": f"{os.cpu_count()} cores, {cpu}, {torch.get_num_threads()} torch threads",
-            "device": device, "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
-            "versions": f"Python {platform.python_version()}, torch {torch.__version__}, "
-                        f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
+    return {"machine": describe_machine(device), "device": device,
+            "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
+            "versions": f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
             "command": "python -m flows " + shlex.join(sys.argv[1:]),
             "launcher": f"started by `mlflow run` (run {os.environ['MLFLOW_RUN_ID']})" if "MLFLOW_RUN_ID" in os.environ
             else "started directly"}
 
 
-def _run(protocol, profile, root, device, until, tracker):
+def _run(protocol, run, root, device, tracker):
     started = time.time()
     code = code_version()
     tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
-                       | {"pipeline.profile": profile, "pipeline.device": device, "pipeline.code_version": code})
-    fingerprint = prepare_data(root)
-    context = [fingerprint, code, device, protocol.pairs]
-    if until == "prepare":
+                       | {"pipeline.profile": run.profile, "pipeline.device": device, "pipeline.code_version": code})
+    context = (prepare_data(root), code, device)
+    if run.until == "prepare":
         return {"run_id": tracker.run_id}
-    n_search, n_final = protocol.fits()
-    progress = Progress(n_search + (n_final if until != "search" else 0))
-
-    stage = tracker.child("search", {"pairs.stage": "search"})
-    search, logged = [], []
-    for arch in protocol.architectures:
-        for batch in protocol.batch_sizes:
-            records = R.int_keys(search_cell(protocol, arch, batch, root, fingerprint, code, device))
-            logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
-            search += records
-            progress.update("search", len(records))
+    search_groups, (n_search, n_final) = P.search_groups(protocol), protocol.fits()
+    if run.until == "search":
+        n_final = 0
+    guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
+    progress = Progress(work(search_groups) + guess, n_search + n_final)
+    search = stage("search", search_groups, tracker, context, root, device, progress, R.search_artifacts)
     selection = select(search)
-    [f.result() for f in logged]
-    write_artifacts(tracker, stage, "search", lambda out: R.search_artifacts(search, out))
-    tracker.end(stage)
     tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()})
     print(f"[select] {selection}", flush=True)
-    if until == "search":
+    if run.until == "search":
         return {"run_id": tracker.run_id, "selection": selection}
 
-    stage = tracker.child("final", {"pairs.stage": "final"})
-    final, logged = [], []
-    for variant in protocol.variants:
-        chosen = selection[parse(variant)[0]]
-        records = R.int_keys(final_group(protocol, variant, chosen["batch_size"], chosen["epochs"], root,
-                                        fingerprint, code, device))
-        logged.append(log_fits.submit(tracker, records, stage, context, len(records)))
-        final += records
-        progress.update("final", len(records))
-    [f.result() for f in logged]
-    write_artifacts(tracker, stage, "final", lambda out: R.final_artifacts(final, out))
-    tracker.end(stage)
-    if until == "final":
+    final_groups = P.final_groups(protocol, selection)
+    progress.work += work(final_groups) - guess
+    final = stage("final", final_groups, tracker, context, root, device, progress, R.final_artifacts)
+    if run.until == "final":
         return {"run_id": tracker.run_id, "selection": selection}
 
     meta = run_meta(device, time.time() - started)

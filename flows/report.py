@@ -5,20 +5,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from pairs import report as R
 from pairs.protocol import Protocol
 
-from .checks import tracking_uri
+from .tracking import download_artifacts
 
 
 def regenerate(run_id, out):
-    client = MlflowClient(tracking_uri())
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = {name: Path(client.download_artifacts(run_id, name, tmp))
-                 for name in ("run.json", "search_fits.json", "final_fits.json")}
+        files = download_artifacts(run_id, ("run.json", "search_fits.json", "final_fits.json"), tmp)
         run = json.loads(files["run.json"].read_text())
         search, final = R.load_records(files["search_fits.json"]), R.load_records(files["final_fits.json"])
     protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})

@@ -12,31 +12,27 @@ group's check-then-log, so two pipelines on one store neither corrupt it nor log
 """
 import contextlib
 import fcntl
-import socket
 import hashlib
-import json
 import os
+import socket
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .checks import tracking_uri
+from pairs.models import parse
+
+from .settings import sqlite_path, tracking_uri
 
 PARENT = "mlflow.parentRunId"
 
 
-def fit_key(record, context):
-    ident = {k: record[k] for k in ("stage", "variant", "batch_size", "epochs", "lr", "aux_weight", "normalize",
-                                    "round", "fold", "seed")}
-    return hashlib.sha256(json.dumps([ident, context], sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _artifact_location(uri, experiment):
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts" / experiment).as_uri()
-    return None  # a server or another store decides
+def download_artifacts(run_id, names, folder):
+    """{name: local path} of a run's artifacts, from the configured store."""
+    client = MlflowClient(tracking_uri())
+    return {name: Path(client.download_artifacts(run_id, name, str(folder))) for name in names}
 
 
 HOST = socket.gethostname()
@@ -57,7 +53,7 @@ class Tracker:
 
     def __init__(self, experiment, run_name, uri=None):
         self.uri = uri or tracking_uri()
-        self.db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        self.db = sqlite_path(self.uri)
         if self.db:
             self.db.parent.mkdir(parents=True, exist_ok=True)
         self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid())}
@@ -70,8 +66,9 @@ class Tracker:
                 self.experiment_id = self.client.get_run(attached).info.experiment_id
             else:
                 exp = self.client.get_experiment_by_name(experiment)
+                artifacts = (self.db.parent / "artifacts" / experiment).as_uri() if self.db else None  # else: the server's
                 self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                    experiment, artifact_location=_artifact_location(self.uri, experiment))
+                    experiment, artifact_location=artifacts)
             self.end_orphans()
             if not attached:
                 self.run_id, self.owned = self._create(run_name, {}), True
@@ -124,7 +121,7 @@ class Tracker:
 
     def log_fits(self, records, parent_id, context):
         """One run per fit record, in one batch each; fits already FINISHED here are skipped. Returns run ids."""
-        keys = [fit_key(r, context) for r in records]
+        keys = [r.key(context) for r in records]
         group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
         with self.lock():
             done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in self.client.search_runs(
@@ -136,26 +133,23 @@ class Tracker:
         return [done[k] for k in keys]
 
     def _log_fit(self, r, parent_id, key, group):
-        from pairs.models import parse
-
-        arch, ws, al = parse(r["variant"])
-        name = f"{r['stage']} {r['variant']} b{r['batch_size']} r{r['round']}" + (
-            f" f{r['fold']}" if r["fold"] is not None else "")
+        """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count."""
+        arch, ws, al = parse(r.variant)
+        name = f"{r.stage} {r.variant} b{r.config.batch_size} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
         run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group})
-        params = {"variant": r["variant"], "architecture": arch, "weight_sharing": ws, "aux_loss": al,
-                  "aux_weight": r["aux_weight"], "batch_size": r["batch_size"], "epochs": r["epochs"],
-                  "lr": r["lr"], "seed": r["seed"], "round": r["round"], "stage": r["stage"],
-                  "normalize": r["normalize"], "scored_epochs": ",".join(map(str, sorted(r["train_error"])))}
-        if r["fold"] is not None:
-            params["fold"] = r["fold"]
+        params = asdict(r.config) | {"architecture": arch, "weight_sharing": ws, "aux_loss": al, "seed": r.seed,
+                                     "round": r.round, "stage": r.stage,
+                                     "scored_epochs": ",".join(str(e) for e, _, _ in r.scores)}
+        if r.fold is not None:
+            params["fold"] = r.fold
         now = int(time.time() * 1000)
-        metrics = [Metric("param_count", r["param_count"], now, 0), Metric("s_per_epoch", r["s_per_epoch"], now, 0)]
-        for metric, field in (("train_loss", "train_loss"), ("train_main_loss", "main_loss"),
-                              ("train_aux_loss", "aux_loss")):
-            metrics += [Metric(metric, v, now, e + 1) for e, v in enumerate(r[field])]
-        eval_name = "val_error" if r["stage"] == "search" else "test_error"
-        for e in sorted(r["train_error"]):
-            metrics += [Metric("train_error", r["train_error"][e], now, e), Metric(eval_name, r[eval_name][e], now, e)]
+        metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0)]
+        for metric, values in (("train_loss", r.train_loss), ("train_main_loss", r.main_loss),
+                               ("train_aux_loss", r.aux_loss)):
+            metrics += [Metric(metric, v, now, e + 1) for e, v in enumerate(values)]
+        eval_name = "val_error" if r.stage == "search" else "test_error"
+        for e, train_error, eval_error in r.scores:
+            metrics += [Metric("train_error", train_error, now, e), Metric(eval_name, eval_error, now, e)]
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])

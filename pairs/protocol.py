@@ -1,39 +1,44 @@
-"""The study's protocol as pure functions: search cells, selection, final groups.
+"""The study's protocol as pure functions: its units of work, their training, the selection, the tables.
 
 1. Search (Table 1): for each architecture's base variant, `search_rounds` rounds of `folds`-fold
    cross-validation, each round on its own draw of `pairs` training pairs with its own fold partition
-   (test pairs never touched), over batch_sizes x epochs. One grid cell (architecture, batch size) is
-   rounds x folds fits trained as one stacked computation to max(epochs) and scored at every epoch
-   count. Selection per architecture: the (batch size, epochs) with the lowest mean validation error.
+   (test pairs never touched), over batch_sizes x epochs. One grid cell (architecture, batch size) is a
+   `Group` of rounds x folds fits trained as one stacked computation to max(epochs) and scored at every
+   epoch count. Selection per architecture: the (batch size, epochs) with the lowest mean validation error.
 2. Final (Table 2): `final_rounds` rounds; each round draws fresh pairs and trains every variant with
-   its architecture's selection, scored on that round's test pairs.
+   its architecture's selection, scored on that round's test pairs (one Group per variant).
 Every seed is derived from `seed` and the unit's names (stage, round, fold), never from global state.
+A `Fit` names one fit completely (settings, data, seed); its `key` is what the Prefect cache and the
+MLflow store know it by. A `FitRecord` is a Fit with its results; it round-trips through JSON.
 """
 import functools
-from dataclasses import asdict, dataclass, replace
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
 
 from .data import derive_seed, kfold, pair_sets
 from .models import ARCHITECTURES, VARIANTS, parse
 from .stats import mean_std
-from .train import FitConfig, FitData, fit_many
+from .train import FitConfig, FitData, Training, fit_many, option
+
+STAGES = ("search", "final")
 
 
 @dataclass(frozen=True)
-class Protocol:
-    seed: int = 0
-    pairs: int = 1000
-    search_rounds: int = 10
-    folds: int = 10
-    final_rounds: int = 20
-    batch_sizes: tuple = (25, 50, 100)
-    epochs: tuple = (25, 50)
-    architectures: tuple = ARCHITECTURES
-    variants: tuple = VARIANTS
-    lr: float = 1e-3
-    aux_weight: float = 1.0
-    normalize: bool = False
+class Protocol(Training):
+    """Counts, grid and training options of one study. Every field is a user setting (see flows.settings)."""
+    seed: int = option(0, "base seed: each unit of work (stage, round, fold) derives its own from it")
+    pairs: int = option(1000, "pairs per split and round")
+    search_rounds: int = option(10, "rounds of the cross-validated search")
+    folds: int = option(10, "folds per search round")
+    final_rounds: int = option(20, "rounds of the final evaluation")
+    batch_sizes: tuple[int, ...] = option((25, 50, 100), "search grid: batch sizes")
+    epochs: tuple[int, ...] = option((25, 50), "search grid: epoch counts (one fit scored at each)")
+    architectures: tuple[str, ...] = option(ARCHITECTURES, "architectures searched", ARCHITECTURES)
+    variants: tuple[str, ...] = option(VARIANTS, "variants of the final evaluation", VARIANTS)
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("pairs", "search_rounds", "folds", "final_rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -58,8 +63,6 @@ class Protocol:
         for a in self.architectures:
             if a not in ARCHITECTURES:
                 raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
-        if self.lr <= 0 or self.aux_weight < 0:
-            raise ValueError("lr must be positive and aux_weight non-negative")
 
     def with_(self, **changes):
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -76,48 +79,141 @@ PROFILES = {
 }
 
 
+@dataclass(frozen=True)
+class Fit:
+    """One fit, named completely: its settings, the draw of its data, its own seed, the epochs it is scored at."""
+    stage: str
+    config: FitConfig
+    round: int
+    fold: int | None  # None: trained on the round's training pairs, scored on its test pairs
+    seed: int  # initial weights and shuffling
+    pairs: int
+    data_seed: int  # the round's draw of pairs
+    folds: int | None = None
+    split_seed: int | None = None  # the round's fold partition
+    score_at: tuple[int, ...] = ()
+
+    def key(self, context=()):
+        """The fit's identity as a hash (with `context`: data fingerprint, code version, device)."""
+        ident = {f.name: getattr(self, f.name) for f in fields(Fit)} | {"config": asdict(self.config)}
+        return hashlib.sha256(json.dumps([ident, list(context)], sort_keys=True).encode()).hexdigest()[:32]
+
+    @property
+    def variant(self):
+        return self.config.variant
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitRecord(Fit):
+    """A fit and its results: per-epoch losses, (epochs, train error, eval error) at each scored count."""
+    train_loss: tuple[float, ...]
+    main_loss: tuple[float, ...]
+    aux_loss: tuple[float, ...]
+    scores: tuple[tuple[int, float, float], ...]
+    param_count: int
+    s_per_epoch: float
+
+    @property
+    def train_error(self):
+        return {e: tr for e, tr, _ in self.scores}
+
+    @property
+    def eval_error(self):
+        """Validation error (search) or test error (final), per scored epoch count."""
+        return {e: ev for e, _, ev in self.scores}
+
+    @property
+    def final_errors(self):
+        """(train error, eval error) after all of the config's epochs."""
+        return self.train_error[self.config.epochs], self.eval_error[self.config.epochs]
+
+    def to_json(self):
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d):
+        tuples = {k: tuple(d[k]) for k in ("train_loss", "main_loss", "aux_loss", "score_at")}
+        return cls(**d | tuples | {"config": FitConfig(**d["config"]), "scores": tuple(map(tuple, d["scores"]))})
+
+
+@dataclass(frozen=True)
+class Group:
+    """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
+    fits: tuple[Fit, ...]
+
+    @property
+    def label(self):
+        f = self.fits[0]
+        return f"search {f.variant} batch {f.config.batch_size}" if f.stage == "search" else f"final {f.variant}"
+
+    def key(self, context=()):
+        return hashlib.sha256(" ".join(f.key(context) for f in self.fits).encode()).hexdigest()[:32]
+
+
+def search_groups(protocol):
+    """The search's units of work: one Group per (architecture, batch size), rounds x folds fits each."""
+    p = protocol
+    return [Group(tuple(
+        Fit("search", FitConfig(arch, batch, max(p.epochs), **p.training()), rnd, fold,
+            derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
+            p.folds, derive_seed(p.seed, "search", rnd, "folds"), tuple(sorted(set(p.epochs))))
+        for rnd in range(p.search_rounds) for fold in range(p.folds)))
+        for arch in p.architectures for batch in p.batch_sizes]
+
+
+def final_groups(protocol, selection):
+    """The final evaluation's units of work: one Group per variant, at its architecture's selection."""
+    p, groups = protocol, []
+    for variant in p.variants:
+        chosen = selection[parse(variant)[0]]
+        cfg = FitConfig(variant, chosen["batch_size"], chosen["epochs"], **p.training())
+        groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(p.seed, "final", rnd), p.pairs,
+                                      derive_seed(p.seed, "final", rnd, "pairs"), score_at=(cfg.epochs,))
+                                  for rnd in range(p.final_rounds))))
+    return groups
+
+
 @functools.lru_cache(maxsize=64)
 def _pair_sets(n, seed, root):
     """Each round's pairs are drawn once per process, though every grid cell and variant uses them."""
     return pair_sets(n, seed, root)
 
 
-def _record(stage, cfg, rnd, fold, seed, result, eval_name):
-    return {"stage": stage, "variant": cfg.variant, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-            "lr": cfg.lr, "aux_weight": cfg.aux_weight, "normalize": cfg.normalize,
-            "round": rnd, "fold": fold, "seed": seed, "param_count": result.param_count,
-            "train_loss": result.train_loss, "main_loss": result.main_loss, "aux_loss": result.aux_loss,
-            "s_per_epoch": result.s_per_epoch, "train_error": result.train_error,
-            eval_name: result.eval_error}
+def fit_data(fit, root=None):
+    """A fit's training set and the set it is scored on: a validation fold (search) or the test pairs (final)."""
+    p = _pair_sets(fit.pairs, fit.data_seed, root)
+    if fit.fold is None:
+        return FitData(p.train_input, p.train_target, p.train_classes, p.test_input, p.test_target)
+    tr, va = kfold(fit.pairs, fit.folds, fit.split_seed)[fit.fold]
+    return FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr], p.train_input[va], p.train_target[va])
 
 
-def search_cell(protocol, architecture, batch_size, root=None, device="cpu"):
-    """All rounds x folds fits of one grid cell, stacked; one record per fit, scored at each epoch count."""
-    cfg = FitConfig(architecture, batch_size, max(protocol.epochs), protocol.lr, protocol.aux_weight,
-                    protocol.normalize)
-    datas, keys = [], []
-    for rnd in range(protocol.search_rounds):
-        p = _pair_sets(protocol.pairs, derive_seed(protocol.seed, "search", rnd, "pairs"), root)
-        for fold, (tr, va) in enumerate(kfold(protocol.pairs, protocol.folds,
-                                              derive_seed(protocol.seed, "search", rnd, "folds"))):
-            datas.append(FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr],
-                                 p.train_input[va], p.train_target[va]))
-            keys.append((rnd, fold, derive_seed(protocol.seed, "search", rnd, fold)))
-    records = []
+def train_group(group, root=None, device="cpu", on_epoch=None):
+    """Train a Group's fits stacked; one FitRecord per fit, in the group's order.
+
+    `on_epoch(epoch, epochs, n)`, if given, is called when n fits have trained their epoch-th epoch."""
+    fits = group.fits
+    datas = [fit_data(f, root) for f in fits]
+    records = [None] * len(fits)
     # folds of unequal size cannot share one stack: group fits by training-set size
     for size in sorted({len(d.train_target) for d in datas}):
         idx = [i for i, d in enumerate(datas) if len(d.train_target) == size]
-        results = fit_many(cfg, [datas[i] for i in idx], [keys[i][2] for i in idx], protocol.epochs, device)
-        records += [_record("search", cfg, *keys[i], r, "val_error") for i, r in zip(idx, results)]
-    return sorted(records, key=lambda r: (r["round"], r["fold"]))
+        results = fit_many(fits[0].config, [datas[i] for i in idx], [fits[i].seed for i in idx],
+                           fits[0].score_at, device, on_epoch=on_epoch and (lambda e, n, k=len(idx): on_epoch(e, n, k)))
+        for i, r in zip(idx, results):
+            records[i] = FitRecord(**{f.name: getattr(fits[i], f.name) for f in fields(Fit)},
+                                   train_loss=tuple(r.train_loss), main_loss=tuple(r.main_loss),
+                                   aux_loss=tuple(r.aux_loss), param_count=r.param_count, s_per_epoch=r.s_per_epoch,
+                                   scores=tuple((e, r.train_error[e], r.eval_error[e]) for e in sorted(r.train_error)))
+    return records
 
 
 def search_table(records):
     """Table 1 rows: per (architecture, batch size, epochs) the mean/std of train and validation error."""
     rows = []
-    for (variant, batch), group in _groupby(records, ("variant", "batch_size")).items():
-        for e in sorted(group[0]["train_error"]):
-            tr, va = mean_std([r["train_error"][e] for r in group]), mean_std([r["val_error"][e] for r in group])
+    for (variant, batch), group in _groupby(records, lambda r: (r.variant, r.config.batch_size)).items():
+        for e in sorted(group[0].train_error):
+            tr, va = mean_std([r.train_error[e] for r in group]), mean_std([r.eval_error[e] for r in group])
             rows.append({"architecture": variant, "batch_size": batch, "epochs": e, "fits": len(group),
                          "train_error_mean": tr[0], "train_error_std": tr[1],
                          "val_error_mean": va[0], "val_error_std": va[1]})
@@ -132,36 +228,24 @@ def select(table1_rows):
     return best
 
 
-def final_group(protocol, variant, batch_size, epochs, root=None, device="cpu"):
-    """All final rounds of one variant, stacked; each round has its own pairs, scored on its test pairs."""
-    cfg = FitConfig(variant, batch_size, epochs, protocol.lr, protocol.aux_weight, protocol.normalize)
-    datas, seeds = [], []
-    for rnd in range(protocol.final_rounds):
-        p = _pair_sets(protocol.pairs, derive_seed(protocol.seed, "final", rnd, "pairs"), root)
-        datas.append(FitData(p.train_input, p.train_target, p.train_classes, p.test_input, p.test_target))
-        seeds.append(derive_seed(protocol.seed, "final", rnd))
-    results = fit_many(cfg, datas, seeds, (epochs,), device)
-    return [_record("final", cfg, rnd, None, s, r, "test_error") for rnd, (s, r) in enumerate(zip(seeds, results))]
-
-
 def final_table(records):
     """Table 2 rows: per variant train/test error mean and std, parameters, s/epoch."""
     rows = []
-    for (variant,), group in _groupby(records, ("variant",)).items():
-        e = group[0]["epochs"]
-        tr, te = mean_std([r["train_error"][e] for r in group]), mean_std([r["test_error"][e] for r in group])
-        rows.append({"variant": variant, "batch_size": group[0]["batch_size"], "epochs": e, "rounds": len(group),
+    for (variant,), group in _groupby(records, lambda r: (r.variant,)).items():
+        cfg = group[0].config
+        tr, te = mean_std([r.final_errors[0] for r in group]), mean_std([r.final_errors[1] for r in group])
+        rows.append({"variant": variant, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "rounds": len(group),
                      "train_error_mean": tr[0], "train_error_std": tr[1],
                      "test_error_mean": te[0], "test_error_std": te[1],
-                     "param_count": group[0]["param_count"],
-                     "s_per_epoch": sum(r["s_per_epoch"] for r in group) / len(group)})
+                     "param_count": group[0].param_count,
+                     "s_per_epoch": sum(r.s_per_epoch for r in group) / len(group)})
     return rows
 
 
-def _groupby(records, keys):
+def _groupby(records, key):
     groups = {}
     for r in records:
-        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+        groups.setdefault(key(r), []).append(r)
     return groups
 
 

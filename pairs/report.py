@@ -1,7 +1,9 @@
 """The study's report: Table 1, Table 2, paired statistics and figures, beside the study's own numbers.
 
-Inputs are fit records (see pairs.protocol): plain dicts, so a report can be rebuilt from what a run
-stored without training. Errors are fractions; tables show percentages.
+Inputs are fit records (pairs.protocol.FitRecord), which round-trip through JSON, so a report can be
+rebuilt from what a run stored without training. The study's own numbers and choices are data in
+pairs/study/ (table1.csv, table2.csv, selection.csv: what its search chose). Errors are fractions;
+tables show percentages.
 """
 import json
 from pathlib import Path
@@ -13,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import final_table, search_table  # noqa: E402
+from .protocol import FitRecord, final_table, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
 
 STUDY = Path(__file__).parent / "study"
@@ -49,7 +51,7 @@ def table1(records):
 def table2(records):
     """Table 2 (final): ours beside the study's, with the diverged fits counted."""
     ours = pd.DataFrame(final_table(records))
-    ours["diverged"] = [sum(diverged(r["train_error"][r["epochs"]]) for r in records if r["variant"] == v)
+    ours["diverged"] = [sum(diverged(r.final_errors[0]) for r in records if r.variant == v)
                         for v in ours["variant"]]
     study = study_table("table2")[["variant", "batch_size", "epochs", "train_error_mean", "train_error_std",
                                    "test_error_mean", "test_error_std", "s_per_epoch"]]
@@ -82,7 +84,7 @@ def comparisons(records):
     """Paired test-error differences of each technique against its base, over the same rounds."""
     by = {}
     for r in records:
-        by.setdefault(r["variant"], {})[r["round"]] = r
+        by.setdefault(r.variant, {})[r.round] = r
     rows = []
     for arch in dict.fromkeys(parse(v)[0] for v in by):
         for name, base, treated in COMPARISONS:
@@ -92,9 +94,8 @@ def comparisons(records):
             rounds = sorted(a.keys() & b.keys())
             for subset in ("all rounds", "without diverged"):
                 keep = [k for k in rounds if subset == "all rounds" or not (
-                    diverged(a[k]["train_error"][a[k]["epochs"]]) or diverged(b[k]["train_error"][b[k]["epochs"]]))]
-                p = paired([a[k]["test_error"][a[k]["epochs"]] for k in keep],
-                           [b[k]["test_error"][b[k]["epochs"]] for k in keep])
+                    diverged(a[k].final_errors[0]) or diverged(b[k].final_errors[0]))]
+                p = paired([a[k].final_errors[1] for k in keep], [b[k].final_errors[1] for k in keep])
                 rows.append({"architecture": arch, "comparison": name, "rounds": subset, "n": p.n,
                              "diff_mean": p.mean_diff, "ci_low": p.ci_low, "ci_high": p.ci_high,
                              "t_pvalue": p.t_pvalue, "wilcoxon_pvalue": p.wilcoxon_pvalue})
@@ -116,10 +117,10 @@ def loss_figures(records, out):
     from scipy.stats import t
 
     paths = []
-    for arch in dict.fromkeys(parse(r["variant"])[0] for r in records):
+    for arch in dict.fromkeys(parse(r.variant)[0] for r in records):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for variant in dict.fromkeys(r["variant"] for r in records if parse(r["variant"])[0] == arch):
-            curves = [r["train_loss"] for r in records if r["variant"] == variant]
+        for variant in dict.fromkeys(r.variant for r in records if parse(r.variant)[0] == arch):
+            curves = [r.train_loss for r in records if r.variant == variant]
             stats = [mean_std(col) for col in zip(*curves)]
             half = t.ppf(0.975, max(len(curves) - 1, 1)) / len(curves) ** 0.5
             epochs, m = range(1, len(stats) + 1), [s[0] for s in stats]
@@ -136,12 +137,12 @@ def loss_figures(records, out):
 
 def error_strip(records, out):
     """Test error of every final fit, per variant: diverged fits stand out in red."""
-    variants = list(dict.fromkeys(r["variant"] for r in records))
+    variants = list(dict.fromkeys(r.variant for r in records))
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, v in enumerate(variants):
-        group = [r for r in records if r["variant"] == v]
-        errs = [100 * r["test_error"][r["epochs"]] for r in group]
-        colors = ["red" if diverged(r["train_error"][r["epochs"]]) else "C0" for r in group]
+        group = [r for r in records if r.variant == v]
+        errs = [100 * r.final_errors[1] for r in group]
+        colors = ["red" if diverged(r.final_errors[0]) else "C0" for r in group]
         ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
         ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, c=colors, s=12, zorder=3)
     ax.set_xticks(range(len(variants)), variants, rotation=30)
@@ -172,22 +173,12 @@ def write_tables(out, name, df, shown):
 
 
 def save_records(records, path):
-    path.write_text(json.dumps(records))
+    path.write_text(json.dumps([r.to_json() for r in records]))
     return path
 
 
 def load_records(path):
-    """Fit records back from JSON (epoch-count keys return to ints)."""
-    return int_keys(json.loads(Path(path).read_text()))
-
-
-def int_keys(records):
-    """Epoch-count keys are strings once records pass through JSON: make them ints again."""
-    for r in records:
-        for k in ("train_error", "val_error", "test_error"):
-            if k in r:
-                r[k] = {int(e): v for e, v in r[k].items()}
-    return records
+    return [FitRecord.from_json(d) for d in json.loads(Path(path).read_text())]
 
 
 def search_artifacts(records, out):
@@ -245,7 +236,9 @@ def conclusions(t2, cmp):
                          f"({100 * al.diff_mean:+.2f} vs {100 * ws.diff_mean:+.2f} points).")
         if both_vs_al is not None and both_vs_al.n >= 2:
             better = both_vs_al.ci_high < 0
-            lines.append(f"  - \"WS+AL beats AL\" ({'the study: yes' if arch == 'MLP' else 'the study: no'}): "
+            study = study_table("table2").set_index("variant").test_error_mean
+            study_says = "yes" if study[f"{arch}_WS_AL"] < study[f"{arch}_AL"] else "no"
+            lines.append(f"  - \"WS+AL beats AL\" (the study: {study_says}): "
                          f"{'yes, significantly' if better else 'not significantly'} here.")
     for arch in dict.fromkeys(parse(v)[0] for v in t2.variant):
         plain, ws = t2[t2.variant == arch], t2[t2.variant == f"{arch}_WS"]
@@ -255,6 +248,18 @@ def conclusions(t2, cmp):
             lines.append(f"- \"WS halves the parameters and lowers the time\" ({arch}): parameters /{ratio:.2f}; "
                          f"s/epoch x{t:.2f} ({'lower' if t < 1 else 'not lower'}).")
     return "\n".join(lines)
+
+
+def study_choices():
+    """What the study chose from its search, and what it then trained its final models with."""
+    final = study_table("table2").drop_duplicates("batch_size epochs".split()).assign(
+        architecture=lambda d: d.variant.map(lambda v: parse(v)[0])).drop_duplicates("architecture")
+    chosen = study_table("selection").merge(final, on="architecture", suffixes=("", "_final"))
+    said = [f"{r.architecture} {r.batch_size}/{r.epochs}" for r in chosen.itertuples()]
+    changed = [f"{r.architecture} batch {r.batch_size_final}/{r.epochs_final} epochs" for r in chosen.itertuples()
+               if (r.batch_size, r.epochs) != (r.batch_size_final, r.epochs_final)]
+    return (f"The study chose {' and '.join(said)} (batch/epochs) from its search" +
+            (f", then trained its final {', '.join(changed)} after trying it on the test set" if changed else ""))
 
 
 def render(search, final, selection, protocol, meta):
@@ -288,8 +293,7 @@ suggest a few diverged fits.
 ## Selection
 {chr(10).join(f'- {a}: batch size {s["batch_size"]}, {s["epochs"]} epochs' for a, s in selection.items())}
 
-The study chose ConvNet 100/50 and MLP 100/25 from its search, then used MLP batch 25 after trying it
-on the test set; here the selection comes from cross-validation alone.
+{study_choices()}; here the selection comes from cross-validation alone.
 
 ## Table 2 — final evaluation (mean ± std over {p.final_rounds} rounds)
 s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once),

@@ -11,8 +11,11 @@ blocks sized to stay in cache, and trains them with one Adam over the stacked te
 elementwise and each fit's loss reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
 diverges leaves the others untouched.
 """
+import os
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +25,40 @@ from .models import build, param_count, parse
 from .stacked import Stacked
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def option(default, help, choices=()):
+    """A dataclass field that is also a user setting: the CLI, MLproject and the flow are built from these."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """Model and training options, shared by every fit of a protocol. A field added here becomes a CLI
+    option, an MLproject parameter, a flow parameter, a logged param and part of every cache key."""
+    lr: float = option(1e-3, "Adam learning rate")
+    aux_weight: float = option(1.0, "weight of the auxiliary digit loss (AL variants)")
+    normalize: bool = option(False, "standardise inputs with the training set's mean and std (the study: raw)")
+
+    def __post_init__(self):
+        if not self.lr > 0 or not self.aux_weight >= 0:
+            raise ValueError(f"lr must be positive and aux_weight non-negative, got {self.lr} and {self.aux_weight}")
+
+    def training(self):
+        """The Training fields of this object (a FitConfig or a Protocol), to build another from."""
+        return {f.name: getattr(self, f.name) for f in fields(Training)}
+
+
 @dataclass(frozen=True)
-class FitConfig:
-    """The settings of a group of fits; its asdict is what is logged and what keys caches."""
+class FitConfig(Training):
+    """The settings of a group of fits: a variant, its batch size and epochs, and the training options."""
     variant: str = "ConvNet"
     batch_size: int = 100
     epochs: int = 50
-    lr: float = 1e-3
-    aux_weight: float = 1.0
-    normalize: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         parse(self.variant)
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError(f"batch_size and epochs must be positive: {self}")
@@ -81,11 +107,24 @@ def _prepare(data, normalize):
 
 
 def resolve_device(device="cpu"):
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+
+def describe_machine(device="cpu"):
+    """Cores, CPU model, GPU, torch threads and versions: what every timing is quoted with."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.device(device).type == "cuda" else ""
+    return (f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
 
 
 def _losses(cfg, pair_logits, digit_logits, target, classes):
@@ -143,10 +182,11 @@ def default_block(variant, batch_size, device):
     return max(1, 400 // (2 * batch_size)) if variant.startswith("ConvNet") else 64
 
 
-def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
+def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoch=None):
     """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k].
 
-    Fits are stacked in blocks of `block` (one forward/backward each) and share one Adam step."""
+    Fits are stacked in blocks of `block` (one forward/backward each) and share one Adam step.
+    `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting)."""
     if len(datas) != len(seeds) or not seeds:
         raise ValueError("fit_many needs one FitData per seed, and at least one")
     device = resolve_device(device)
@@ -194,6 +234,8 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None):
         if epoch + 1 in score_at:
             with torch.no_grad():
                 scores[epoch + 1] = (errors(x, y), errors(ex, ey))
+        if on_epoch:
+            on_epoch(epoch + 1, score_at[-1])
     history = history.permute(1, 2, 0).tolist()  # K x 3 x epochs
     count = param_count(models[0])
     return [FitResult(*history[k], list(seconds),

@@ -39,14 +39,14 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     client = MlflowClient(uri)
+    mp.setattr(flow_module, "PROGRESS_EVERY", 0)  # a progress line after every epoch
     t0 = time.time()
     first = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
     t1 = time.time()
     fits_after_first = len(fit_runs(client, "quick"))
     trained = []  # groups the second call trains: none, every one comes from the cache
-    for name in ("search_cell", "final_group"):
-        real = getattr(P, name)
-        mp.setattr(P, name, lambda *a, _real=real, **k: trained.append(a[1]) or _real(*a, **k))
+    mp.setattr(P, "train_group", lambda group, *a, _real=P.train_group, **k: trained.append(group.label) or
+               _real(group, *a, **k))
     second = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
     t2 = time.time()
     yield {"client": client, "uri": uri, "first": first, "second": second, "t_first": t1 - t0, "t_second": t2 - t1,
@@ -177,3 +177,19 @@ def test_statistics_match_a_direct_computation_on_the_logged_errors(quick_run, t
                 assert row.t_pvalue == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-6)
                 half = stats.t.ppf(0.975, len(diffs) - 1) * stats.tstd(diffs) / len(diffs) ** 0.5
                 assert row.ci_high - row.ci_low == pytest.approx(2 * half, rel=1e-6)
+
+
+def test_progress_lines_reach_the_prefect_logs(quick_run):
+    """While a group trains: stage, group, epoch, fits done and the ETA, in the flow run's logs (the Prefect UI)."""
+    from prefect.client.orchestration import get_client
+    messages, offset = [], 0
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(limit=200, offset=offset):
+            messages += [log.message for log in page]
+            offset += len(page)
+    epochs = [m for m in messages if m.startswith("[search] search ConvNet batch 25: epoch ")]
+    assert [m.split(";")[0][-3:] for m in epochs[:3]] == ["1/3", "2/3", "3/3"], epochs[:3]
+    assert all(" fits done, elapsed " in m and ", ETA " in m for m in epochs)
+    assert any(m.startswith(f"[final] final MLP_WS_AL: done; {N_SEARCH + N_FINAL}/{N_SEARCH + N_FINAL} fits done")
+               for m in messages)
+    assert any("from the cache" in m for m in messages)  # the second call's groups

@@ -1,8 +1,9 @@
-"""The project's files agree: MLproject, the CLI and the flow signature; conda.yaml and pyproject.toml."""
+"""The project's files agree: settings, CLI, MLproject and the flow signature; conda.yaml and pyproject.toml."""
 import inspect
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -10,29 +11,50 @@ import yaml
 
 from flows.__main__ import run_parser
 from flows.pipeline import pipeline
+from flows.settings import SETTINGS, Run, Setting, _settings, mlproject
+from pairs.protocol import Protocol
+from pairs.train import FitConfig, Training, option
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def mlproject():
-    return yaml.safe_load((ROOT / "MLproject").read_text())
+def test_mlproject_is_written_from_the_settings():
+    assert (ROOT / "MLproject").read_text() == mlproject(), "MLproject is stale: run `python -m flows mlproject`"
+    spec = yaml.safe_load(mlproject())["entry_points"]
+    assert set(spec) == {"main", "report"}  # one entry point runs any stage (until=prepare|search|final|report)
+    params = spec["main"]["parameters"]
+    assert params["until"]["default"] == "report"
+    assert params["lr"]["type"] == params["aux_weight"]["type"] == "float"  # typed where MLflow allows
 
 
-def test_mlproject_cli_and_flow_defaults_agree():
-    spec = mlproject()["entry_points"]["main"]
+def test_every_field_of_protocol_and_run_is_one_setting_everywhere():
+    names = [f.name for f in fields(Run)] + [f.name for f in fields(Protocol)]
+    assert [s.name for s in SETTINGS] == names
+    assert {f.name for f in fields(Training)} <= set(names)  # lr, aux_weight, normalize, and what comes next
     cli = {a.dest: a.default for a in run_parser()._actions if a.dest != "help"}
-    flow = {k: p.default for k, p in inspect.signature(pipeline.fn).parameters.items()}
-    for name, param in spec["parameters"].items():
-        mlflow_default = param["default"]
-        assert name in cli and name in flow, name
-        expected = None if mlflow_default == "" else mlflow_default
-        assert cli[name] == expected == flow[name], name
-        assert f"{{{name}}}" in spec["command"]
-    assert set(cli) == set(flow)  # every CLI option is a flow parameter and back
+    flow = inspect.signature(pipeline.fn).parameters
+    mlp = yaml.safe_load(mlproject())["entry_points"]["main"]
+    for s in SETTINGS:
+        assert cli[s.name] == flow[s.name].default == s.default, s.name
+        if s.name != "experiment":  # `mlflow run --experiment-name` sets it
+            assert mlp["parameters"][s.name]["default"] == ("" if s.default is None else s.default), s.name
+            assert f"{s.flag} {{{s.name}}}" in mlp["command"]
+    assert set(cli) == set(flow) == set(names)
+    schema = pipeline.parameters.model_dump()["properties"]  # what the Prefect UI's custom run shows
+    assert schema["batch_sizes"]["anyOf"][0] == {"items": {"type": "integer"}, "type": "array"}
+    assert schema["normalize"]["anyOf"][0] == {"type": "boolean"}
 
 
-def test_every_stage_has_an_entry_point():
-    assert {"main", "prepare", "search", "final", "report"} <= set(mlproject()["entry_points"])
+def test_a_new_field_becomes_a_setting_with_its_type():
+    @dataclass(frozen=True, kw_only=True)
+    class More(Training):
+        dropout: float = option(0.0, "dropout probability")
+        widths: tuple[int, ...] = option((32, 64), "channels")
+    got = {s.name: s for s in _settings(More, True)}
+    assert got["dropout"] == Setting("dropout", float, False, None, "dropout probability", (), True)
+    assert got["widths"].parse("16,32") == (16, 32) and got["widths"].parse("") is None
+    assert got["normalize"].parse("yes") is True
+    assert FitConfig("MLP", aux_weight=0.5).training() == {"lr": 1e-3, "aux_weight": 0.5, "normalize": False}
 
 
 def test_conda_env_pins_what_pyproject_pins():
@@ -55,7 +77,8 @@ def test_mlflow_run_quick(tmp_path, data_dir):
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("MLFLOW_RUN_ID", None)
     out = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "cli",
-                          "-P", "profile=quick"], env=env, capture_output=True, text=True, timeout=600)
+                          "-P", "profile=quick", "-P", "aux_weight=0.5", "-P", "until=final"],
+                         env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cli")
@@ -63,8 +86,11 @@ def test_mlflow_run_quick(tmp_path, data_dir):
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # attached, no second top-level run
     assert parents[0].data.params["profile"] == "quick"
-    assert sum("pairs.fit_key" in r.data.tags for r in all_runs) == sum(
-        __import__("pairs.protocol", fromlist=["PROFILES"]).PROFILES["quick"].fits())
+    assert parents[0].data.params["protocol.aux_weight"] == "0.5"
+    fits = [r for r in all_runs if "pairs.fit_key" in r.data.tags]
+    assert len(fits) == sum(__import__("pairs.protocol", fromlist=["PROFILES"]).PROFILES["quick"].fits())
+    assert {r.data.params["aux_weight"] for r in fits} == {"0.5"}
+    assert not client.list_artifacts(parents[0].info.run_id)  # until=final: no report
 
 
 @pytest.mark.slow

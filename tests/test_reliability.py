@@ -183,8 +183,11 @@ BAD = [
     (["--batch-sizes", "25,500"], "batch size 500 is larger than a fold's training set (200 pairs"),
     (["--epochs", ","], "expected comma-separated integers, got ','"),
     (["--batch-sizes", "0"], "batch_sizes must be positive integers, got [0]"),
-    (["--seed", "abc"], "expected int, got 'abc'"),
-    (["--folds", "2.5"], "expected int, got '2.5'"),
+    (["--seed", "abc"], "expected integer, got 'abc'"),
+    (["--folds", "2.5"], "expected integer, got '2.5'"),
+    (["--normalize", "maybe"], "expected true or false, got 'maybe'"),
+    (["--variants", "MLP,CNN"], "invalid choice: 'CNN'"),
+    (["--lr", "0"], "lr must be positive"),
     (["--data-dir", "/nonexistent/mnist"], "data folder /nonexistent/mnist does not exist"),
     ("file", "is a file, not a folder"),
     (("t10k-images-idx3-ubyte", "missing"), "MNIST files missing under"),
@@ -235,7 +238,7 @@ def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
 
 def test_a_passing_failure_is_retried(prefect_env, data_dir, store, monkeypatch):
     from flows import pipeline as flow_module
-    monkeypatch.setattr(flow_module, "search_cell", flow_module.search_cell.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
     monkeypatch.setenv("PAIRS_INJECT_FAILURE", "search:MLP:0:0:1")
     flow_module._attempts.clear()
     result = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1,
@@ -246,7 +249,7 @@ def test_a_passing_failure_is_retried(prefect_env, data_dir, store, monkeypatch)
 
 def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_dir, store, monkeypatch):
     from flows import pipeline as flow_module
-    monkeypatch.setattr(flow_module, "final_group", flow_module.final_group.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
     monkeypatch.setenv("PAIRS_INJECT_FAILURE", "final:MLP_WS:1:-:99")
     flow_module._attempts.clear()
     with pytest.raises(RuntimeError, match=r"final fits of MLP_WS at batch size \d+ \(rounds 0-1\) failed: "

@@ -1,0 +1,191 @@
+"""The pipeline's settings, declared once, and the checks that run before any work.
+
+A setting is a field of `pairs.protocol.Protocol` (counts, grid, training options; empty = the profile's
+value) or of `Run` below (profile, data, experiment, device, stage). The command line
+(flows.__main__), MLproject (`python -m flows mlproject` writes it; a test checks it is current), the
+flow's parameters (so a Prefect deployment's custom run can set each one) and `check_inputs` are all
+derived from these declarations. Imports neither Prefect nor MLflow's client, so bad input fails in
+about a second with one line.
+"""
+import inspect
+import os
+import tempfile
+import types
+import typing
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from pairs.data import DataError, data_root, ensure_mnist
+from pairs.protocol import PROFILES, Protocol
+from pairs.train import DEVICES, option, resolve_device
+
+from . import ROOT
+
+STAGES = ("prepare", "search", "final", "report")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """What a pipeline call runs on and how far; the study itself is the Protocol."""
+    profile: str = option("full", "the protocol whose values fill every setting left empty", tuple(PROFILES))
+    data_dir: str | None = option(None, "torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
+    experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
+    device: str = option("cpu", "where to train", DEVICES)
+    until: str = option("report", "stop after this stage", STAGES)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type  # int, float, bool or str; of each item when `many`
+    many: bool
+    default: object
+    help: str
+    choices: tuple
+    from_profile: bool  # a Protocol field: empty (None) means the profile's value
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def annotation(self):
+        kind = list[self.kind] if self.many else self.kind
+        return kind | None if self.default is None else kind
+
+    def parse(self, text):
+        """A command-line or MLproject value; '' means the default (the profile's value)."""
+        if text == "":
+            return self.default  # None: the profile's value, or the Run default's own None
+        try:
+            values = tuple(_word(self.kind, v) for v in text.split(",")) if self.many else _word(self.kind, text)
+        except ValueError:
+            what = {int: "integer", float: "number", bool: "true or false", str: "text"}[self.kind]
+            what = f"comma-separated {what}s" if self.many else what
+            raise ValueError(f"expected {what}, got {text!r}") from None
+        bad = [v for v in (values if self.many else (values,)) if self.choices and v not in self.choices]
+        if bad:
+            raise ValueError(f"invalid choice: {bad[0]!r} (choose from {', '.join(map(str, self.choices))})")
+        return values
+
+
+def _word(kind, text):
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1", "yes")
+    return kind(text)
+
+
+def _settings(cls, from_profile):
+    out = []
+    for f in fields(cls):
+        kind = next(t for t in typing.get_args(f.type) if t is not type(None)) if isinstance(
+            f.type, types.UnionType) else f.type  # `str | None` -> str
+        many = typing.get_origin(kind) is tuple
+        out.append(Setting(f.name, typing.get_args(kind)[0] if many else kind, many,
+                           None if from_profile else f.default, f.metadata["help"], f.metadata["choices"],
+                           from_profile))
+    return out
+
+
+SETTINGS = _settings(Run, False) + _settings(Protocol, True)
+# `mlflow run` opens the run and its experiment itself (--experiment-name)
+MLPROJECT_SKIPS = ("experiment",)
+
+
+def signature():
+    """The flow's signature: every setting a keyword parameter, typed, so Prefect validates and shows it."""
+    return inspect.Signature([inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
+                                                annotation=s.annotation) for s in SETTINGS])
+
+
+def mlproject():
+    """The MLproject file's text: one entry point for the pipeline (any stage via `until`), one for reports."""
+    mlflow_type = {float: "float"}  # MLflow types parameters as string, float, path or uri
+    shown = [s for s in SETTINGS if s.name not in MLPROJECT_SKIPS]
+    params = "\n".join(f"      {s.name}: {{type: {mlflow_type.get(s.kind, 'string') if not s.many else 'string'}, "
+                       f"default: {_yaml(s.default)}}}  # {s.help}" for s in shown)
+    command = " ".join(["python -m flows"] + [f"{s.flag} {{{s.name}}}" for s in shown])
+    return f"""name: pairs
+# Written by `python -m flows mlproject` from flows/settings.py; tests/test_project.py checks it is current.
+# An empty value means the profile's value; lists are comma-separated (-P batch_sizes=25,100).
+
+conda_env: conda.yaml
+
+entry_points:
+  main:
+    parameters:
+{params}
+    command: "{command}"
+  report:
+    parameters:
+      run_id: {{type: string}}
+    command: "python -m flows report {{run_id}}"
+"""
+
+
+def _yaml(value):
+    return '""' if value is None else str(value)
+
+
+def make_protocol(profile="full", **overrides):
+    """The profile's protocol with the given overrides (None: the profile's); a clear ValueError if invalid."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[profile].with_(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def check_inputs(**values):
+    """Raise ValueError with one clear line for any bad input; return (Run, Protocol)."""
+    run_names = {f.name for f in fields(Run)}
+    unknown = set(values) - {s.name for s in SETTINGS}
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+    run = Run(**{k: v for k, v in values.items() if k in run_names})
+    for s in SETTINGS[:len(run_names)]:
+        if s.choices and getattr(run, s.name) not in s.choices:
+            raise ValueError(f"unknown {s.name} {getattr(run, s.name)!r}; choose from {', '.join(s.choices)}")
+    protocol = make_protocol(run.profile, **{k: v for k, v in values.items() if k not in run_names})
+    if not run.experiment:
+        raise ValueError("the experiment name must not be empty")
+    try:
+        resolve_device(run.device)
+        ensure_mnist(data_root(run.data_dir))
+    except (RuntimeError, DataError) as e:
+        raise ValueError(str(e)) from None
+    check_tracking(tracking_uri())
+    return run, protocol
+
+
+def tracking_uri():
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the project's mlruns/ (absolute: works from any folder)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def sqlite_path(uri):
+    """The database file of a sqlite:/// URI, else None (a server or another store)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_tracking(uri):
+    """A local store must be writable; a server must answer within seconds (not after minutes of retries)."""
+    if sqlite_path(uri):
+        folder = sqlite_path(uri).parent
+        try:  # access() says yes to root everywhere: try for real
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise ValueError(f"the tracking store {uri} is not writable ({e.strerror}: {folder}); "
+                             "set MLFLOW_TRACKING_URI to a writable location") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+        except (urllib.error.URLError, OSError) as e:
+            raise ValueError(f"the MLflow tracking server {uri} cannot be reached ({e}); start it "
+                             "(mlflow server --host 127.0.0.1) or unset MLFLOW_TRACKING_URI") from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise ValueError(f"tracking URI {uri!r}: the plain file store is deprecated in MLflow 3; use "
+                         "sqlite:///<absolute path>/mlflow.db or a server URL")
