@@ -3,39 +3,89 @@
 Each model has one digit branch per image (ending in 10 digit logits) and a comparison head on the 20
 concatenated logits. With WS one branch serves both images. AL changes only the loss (see pairs.train),
 so X and X_AL are the same network. Layer sizes are pinned by the study's parameter counts.
+
+Options beyond the study (all off by default, which is the study's model): batch normalisation after
+each convolution and hidden linear layer of the branch; a larger branch (four padded 3x3 convolutions,
+or a wider MLP); a comparison head that computes P(first <= second) from the two digit posteriors
+instead of learning it.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 VARIANTS = ("ConvNet", "ConvNet_WS", "ConvNet_AL", "ConvNet_WS_AL", "MLP", "MLP_WS", "MLP_AL", "MLP_WS_AL")
 ARCHITECTURES = ("ConvNet", "MLP")
 PARAM_COUNTS = {"ConvNet": 144684, "ConvNet_WS": 72458, "MLP": 171538, "MLP_WS": 86920}
+BRANCHES = ("study", "large")
+HEADS = ("learned", "digits")
 
 
-def conv_branch():
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(32, 64, 3), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(256, 200), nn.ReLU(), nn.Linear(200, 10))
+def _norm(layer, batch_norm):
+    """A layer, followed by its batch normalisation when asked."""
+    if not batch_norm:
+        return [layer]
+    bn = nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
+    return [layer, bn(layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features)]
 
 
-def mlp_branch():
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(196, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+def conv_branch(batch_norm=False, size="study"):
+    if size == "large":  # two blocks of two padded convolutions: 14 -> 7 -> 3
+        convs = [(1, 32), (32, 32), "pool", (32, 64), (64, 64), "pool"]
+        layers = [m for c in convs for m in ([nn.MaxPool2d(2)] if c == "pool" else
+                                             _norm(nn.Conv2d(*c, 3, padding=1), batch_norm) + [nn.ReLU()])]
+        flat = 64 * 3 * 3
+    else:
+        layers = [*_norm(nn.Conv2d(1, 32, 3), batch_norm), nn.MaxPool2d(2), nn.ReLU(),
+                  *_norm(nn.Conv2d(32, 64, 3), batch_norm), nn.MaxPool2d(2), nn.ReLU()]
+        flat = 256
+    return nn.Sequential(*layers, nn.Flatten(), *_norm(nn.Linear(flat, 200), batch_norm), nn.ReLU(),
+                         nn.Linear(200, 10))
+
+
+def mlp_branch(batch_norm=False, size="study"):
+    widths = (196, 512, 256) if size == "large" else (196, 256, 128)
+    hidden = [m for a, b in zip(widths, widths[1:]) for m in _norm(nn.Linear(a, b), batch_norm) + [nn.ReLU()]]
+    return nn.Sequential(nn.Flatten(), *hidden, nn.Linear(widths[-1], 10))
+
+
+_LE = torch.ones(10, 10).triu().bool()  # [i, j]: digit i <= digit j
+
+
+def compare_digits(digits):
+    """(..., 20) digit logits of both images -> (..., 2) logits (log P(first > second), log P(first <= second))."""
+    lp = F.log_softmax(digits.unflatten(-1, (2, 10)), -1)
+    joint = (lp[..., 0, :, None] + lp[..., 1, None, :]).flatten(-2)  # log p1(i) + log p2(j), (..., 100)
+    le = _LE.flatten().to(digits.device)
+    return torch.stack((joint.masked_fill(le, -torch.inf).logsumexp(-1),
+                        joint.masked_fill(~le, -torch.inf).logsumexp(-1)), -1)
+
+
+class CompareDigits(nn.Module):
+    """The comparison computed, not learned: no parameters."""
+
+    def forward(self, digits):
+        return compare_digits(digits)
 
 
 class PairNet(nn.Module):
     """Two digit branches (or one shared) and a head: forward(x) -> (pair_logits Bx2, digit_logits Bx2x10)."""
 
-    def __init__(self, architecture="ConvNet", weight_sharing=False):
+    def __init__(self, architecture="ConvNet", weight_sharing=False, batch_norm=False, branch="study",
+                 head="learned"):
         super().__init__()
-        branch, hidden = {"ConvNet": (conv_branch, 10), "MLP": (mlp_branch, 100)}[architecture]
-        self.branch1 = branch()
-        self.branch2 = self.branch1 if weight_sharing else branch()
-        self.head = nn.Sequential(nn.Linear(20, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        make, hidden = {"ConvNet": (conv_branch, 10), "MLP": (mlp_branch, 100)}[architecture]
+        self.branch1 = make(batch_norm, branch)
+        self.branch2 = self.branch1 if weight_sharing else make(batch_norm, branch)
+        self.head = nn.Sequential(CompareDigits()) if head == "digits" else nn.Sequential(
+            nn.Linear(20, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        # a shared branch with batch norm sees both images in one batch: its statistics are over both
+        self.one_pass = weight_sharing and batch_norm
 
     def forward(self, x):
-        digits = torch.stack((self.branch1(x[:, 0:1]), self.branch2(x[:, 1:2])), dim=1)
+        if self.one_pass:
+            digits = self.branch1(x.transpose(0, 1).flatten(0, 1)[:, None]).unflatten(0, (2, -1)).transpose(0, 1)
+        else:
+            digits = torch.stack((self.branch1(x[:, 0:1]), self.branch2(x[:, 1:2])), dim=1)
         return self.head(digits.flatten(1)), digits
 
 
@@ -47,10 +97,11 @@ def parse(name):
     return parts[0], "WS" in parts, "AL" in parts
 
 
-def build(name):
-    """The model of a Table 2 variant, with PyTorch's default initialisation from the global RNG."""
+def build(name, **options):
+    """The model of a Table 2 variant (options: batch_norm, branch, head), with PyTorch's default
+    initialisation from the global RNG."""
     architecture, weight_sharing, _ = parse(name)
-    return PairNet(architecture, weight_sharing)
+    return PairNet(architecture, weight_sharing, **options)
 
 
 def param_count(model):

@@ -69,7 +69,8 @@ class Protocol(Training):
 
     def fits(self):
         """(search fits, final fits) that the protocol implies."""
-        search = len(self.architectures) * len(self.batch_sizes) * self.search_rounds * self.folds
+        per_cell = 1 if self.schedule == "constant" else len(set(self.epochs))  # see search_groups
+        search = len(self.architectures) * len(self.batch_sizes) * per_cell * self.search_rounds * self.folds
         return search, len(self.variants) * self.final_rounds
 
 
@@ -144,21 +145,28 @@ class Group:
     @property
     def label(self):
         f = self.fits[0]
-        return f"search {f.variant} batch {f.config.batch_size}" if f.stage == "search" else f"final {f.variant}"
+        if f.stage == "final":
+            return f"final {f.variant}"
+        return f"search {f.variant} batch {f.config.batch_size}" + (
+            f" epochs {f.config.epochs}" if f.config.schedule != "constant" else "")
 
     def key(self, context=()):
         return hashlib.sha256(" ".join(f.key(context) for f in self.fits).encode()).hexdigest()[:32]
 
 
 def search_groups(protocol):
-    """The search's units of work: one Group per (architecture, batch size), rounds x folds fits each."""
+    """The search's units of work: one Group per (architecture, batch size), rounds x folds fits each, scored
+    at every epoch count. With a learning-rate schedule the first 25 epochs of a 50-epoch fit are not a
+    25-epoch fit, so each epoch count is then a group of its own."""
     p = protocol
+    epochs = sorted(set(p.epochs))
+    runs = [tuple(epochs)] if p.schedule == "constant" else [(e,) for e in epochs]
     return [Group(tuple(
-        Fit("search", FitConfig(arch, batch, max(p.epochs), **p.training()), rnd, fold,
+        Fit("search", FitConfig(arch, batch, max(score_at), **p.training()), rnd, fold,
             derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
-            p.folds, derive_seed(p.seed, "search", rnd, "folds"), tuple(sorted(set(p.epochs))))
+            p.folds, derive_seed(p.seed, "search", rnd, "folds"), score_at)
         for rnd in range(p.search_rounds) for fold in range(p.folds)))
-        for arch in p.architectures for batch in p.batch_sizes]
+        for arch in p.architectures for batch in p.batch_sizes for score_at in runs]
 
 
 def final_groups(protocol, selection):

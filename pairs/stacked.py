@@ -3,14 +3,17 @@
 The forward pass is compiled by walking the model's `branch` and `head` modules, so pairs/models.py
 stays the one place where the architecture is written: Conv2d becomes one grouped conv2d over the M
 stacked branches (2k, or k with weight sharing) in channels-last layout, Linear one batched matmul
-(baddbmm), MaxPool2d, ReLU and Flatten act on that layout. A layer it does not know is an error, never
-skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
+(baddbmm), MaxPool2d, ReLU and Flatten act on that layout, BatchNorm runs over the M*C stacked channels
+(each channel belongs to one fit, so its batch statistics are exactly that fit's), CompareDigits is
+applied as it is. A layer it does not know is an error, never skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
 poolings fall back to slow NCHW kernels. Each tensor is a leaf whose slice k belongs to fit k alone:
 Adam, being elementwise, treats every fit exactly as if it were alone.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import CompareDigits, compare_digits
 
 
 def _leaf(t, device):
@@ -23,22 +26,45 @@ def _conv(mods, device):
     b = _leaf(torch.stack([m.bias.detach() for m in mods]).flatten(), device) if first.bias is not None else None
     if first.groups != 1 or first.padding_mode != "zeros":
         raise TypeError(f"pairs.stacked supports Conv2d with groups=1 and zero padding, not {first}")
-    return "image", lambda h, M: F.conv2d(h, w, b, first.stride, first.padding, first.dilation, groups=M), [w, b]
+    return "image", lambda h, M, train: F.conv2d(h, w, b, first.stride, first.padding, first.dilation, groups=M), [w, b]
 
 
 def _linear(mods, device):
     w = _leaf(torch.stack([m.weight.detach() for m in mods]).transpose(1, 2), device)  # (M, in, out)
     b = _leaf(torch.stack([m.bias.detach() for m in mods])[:, None, :], device)  # (M, 1, out)
-    return "rows", lambda h, M: torch.baddbmm(b, h, w), [w, b]
+    return "rows", lambda h, M, train: torch.baddbmm(b, h, w), [w, b]
 
 
 def _pool(mods, device):
     p = mods[0]
-    return "image", lambda h, M: F.max_pool2d(h, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode), []
+    return "image", lambda h, M, train: F.max_pool2d(h, p.kernel_size, p.stride, p.padding, p.dilation,
+                                                     p.ceil_mode), []
 
 
 def _relu(mods, device):
-    return None, lambda h, M: h.relu(), []
+    return None, lambda h, M, train: h.relu(), []
+
+
+def _batch_norm(mods, device):
+    """BatchNorm over the stacked channels: (G, M*C, H, W) as it is, (M, G, F) as (G, M*F)."""
+    first, image = mods[0], isinstance(mods[0], nn.BatchNorm2d)
+    if first.momentum is None or not first.track_running_stats:
+        raise TypeError(f"pairs.stacked supports BatchNorm with a momentum and running statistics, not {first}")
+    w, b = (_leaf(torch.stack([getattr(m, n).detach() for m in mods]).flatten(), device) for n in ("weight", "bias"))
+    rm, rv = (torch.stack([getattr(m, n) for m in mods]).flatten().to(device).contiguous()
+              for n in ("running_mean", "running_var"))
+
+    def op(h, M, train):
+        if image:
+            return F.batch_norm(h, rm, rv, w, b, train, first.momentum, first.eps)
+        G = h.shape[1]
+        out = F.batch_norm(h.transpose(0, 1).reshape(G, -1), rm, rv, w, b, train, first.momentum, first.eps)
+        return out.reshape(G, M, -1).transpose(0, 1)
+    return "image" if image else "rows", op, [w, b]
+
+
+def _compare(mods, device):
+    return "rows", lambda h, M, train: compare_digits(h), []
 
 
 def _flatten(mods, device):
@@ -48,7 +74,8 @@ def _flatten(mods, device):
 
 
 # module type -> compiler: (layout it needs, op(h, M), its stacked parameters)
-LAYERS = {nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten}
+LAYERS = {nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten,
+          nn.BatchNorm2d: _batch_norm, nn.BatchNorm1d: _batch_norm, CompareDigits: _compare}
 
 
 def compile_stack(seqs, where, device):
@@ -65,7 +92,7 @@ def compile_stack(seqs, where, device):
     return ops, params
 
 
-def run_stack(ops, h, M):
+def run_stack(ops, h, M, train=True):
     """h: (M, G, ...) per group -> (M, G, features). Image layers run on (G, M*C, H, W), channels last."""
     image = False
     for layout, op in ops:
@@ -75,7 +102,7 @@ def run_stack(ops, h, M):
             h = h.reshape(h.shape[0], M, -1).transpose(0, 1) if image else h.reshape(M, h.shape[1], -1)
             image = False
         else:
-            h = op(h, M)
+            h = op(h, M, train)
     return h
 
 
@@ -92,11 +119,11 @@ class Stacked:
     def parameters(self):
         return self._params
 
-    def forward(self, x):
-        """x: (k, B, 2, 14, 14) -> pair logits (k, B, 2), digit logits (k, B, 2, 10)."""
+    def forward(self, x, train=True):
+        """x: (k, B, 2, 14, 14) -> pair logits (k, B, 2), digit logits (k, B, 2, 10); train: batch statistics."""
         k, B = x.shape[:2]
         per = 1 if self.shared else 2
         # (k, B, 2, ...) -> groups M = k*per, each with G = B*2/per images: (M, G, 14, 14)
         h = x.permute(0, 2, 1, 3, 4).reshape(k * per, B * 2 // per, *x.shape[3:])
-        digits = run_stack(self.branch, h, k * per).reshape(k, 2, B, -1).transpose(1, 2)  # (k, B, 2, 10)
-        return run_stack(self.head, digits.reshape(k, B, -1), k), digits
+        digits = run_stack(self.branch, h, k * per, train).reshape(k, 2, B, -1).transpose(1, 2)  # (k, B, 2, 10)
+        return run_stack(self.head, digits.reshape(k, B, -1), k, train), digits

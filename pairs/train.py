@@ -6,11 +6,18 @@ generator; initial weights come from the fit's own seed. A fit is trained for ma
 scored (train error, eval error) after each epoch count in score_at: without a schedule, a 25-epoch fit
 is exactly the first 25 epochs of a 50-epoch fit with the same seed.
 
+Options beyond the study (`Training`; the defaults are the study's): AdamW weight decay; a cosine or
+one-cycle learning-rate schedule over all steps; augmentation of the training digits every epoch from
+the fit's own generator: random shifts of up to `shift` pixels, and re-pairing (the training digits
+drawn into new pairs whose targets come from their digit labels: it uses the labels, as AL does); the
+model options of pairs.models (batch norm, a larger branch, the computed comparison head).
+
 `fit_many` stacks the parameters of K fits (pairs.stacked: grouped convolutions, batched matmuls) in
 blocks sized to stay in cache, and trains them with one Adam over the stacked tensors. Adam is
 elementwise and each fit's loss reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
 diverges leaves the others untouched.
 """
+import math
 import os
 import platform
 import time
@@ -21,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from .data import derive_seed
-from .models import build, param_count, parse
+from .models import BRANCHES, HEADS, build, param_count, parse
 from .stacked import Stacked
 
 
 DEVICES = ("cpu", "cuda", "auto")
+SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 def option(default, help, choices=()):
@@ -40,14 +48,38 @@ class Training:
     lr: float = option(1e-3, "Adam learning rate")
     aux_weight: float = option(1.0, "weight of the auxiliary digit loss (AL variants)")
     normalize: bool = option(False, "standardise inputs with the training set's mean and std (the study: raw)")
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0: Adam, as the study")
+    schedule: str = option("constant", "learning-rate schedule over all steps", SCHEDULES)
+    shift: int = option(0, "augmentation: shift each training digit by up to this many pixels, every epoch")
+    repair: bool = option(False, "augmentation: draw the training digits into new pairs every epoch "
+                                 "(targets from their digit labels)")
+    batch_norm: bool = option(False, "batch normalisation after each convolution and hidden linear layer")
+    branch: str = option("study", "digit branch: the study's, or larger (four padded convolutions; a wider MLP)",
+                         BRANCHES)
+    head: str = option("learned", "comparison head: learned layers, or P(first <= second) computed from the two "
+                                  "digit posteriors", HEADS)
 
     def __post_init__(self):
         if not self.lr > 0 or not self.aux_weight >= 0:
             raise ValueError(f"lr must be positive and aux_weight non-negative, got {self.lr} and {self.aux_weight}")
+        if not self.weight_decay >= 0 or not 0 <= self.shift <= 4:
+            raise ValueError(f"weight_decay must be non-negative and shift 0..4, got {self.weight_decay} and "
+                             f"{self.shift}")
+        for f in fields(Training):
+            if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
+                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from "
+                                 f"{', '.join(f.metadata['choices'])}")
 
     def training(self):
         """The Training fields of this object (a FitConfig or a Protocol), to build another from."""
         return {f.name: getattr(self, f.name) for f in fields(Training)}
+
+    def model_options(self):
+        return {"batch_norm": self.batch_norm, "branch": self.branch, "head": self.head}
+
+    @property
+    def augments(self):
+        return bool(self.shift or self.repair)
 
 
 @dataclass(frozen=True)
@@ -90,20 +122,63 @@ class FitResult:
         return sum(self.epoch_seconds) / len(self.epoch_seconds)
 
 
-def init_model(variant, seed):
+def init_model(variant, seed, **options):
     """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
-        return build(variant)
+        return build(variant, **options)
 
 
 def _prepare(data, normalize):
-    """Inputs as float32, standardised with the training set's own mean and std when asked."""
+    """Inputs as float32, standardised with the training set's own mean and std when asked; and a function
+    that standardises augmented training inputs the same way."""
     x, ex = data.train_input.float(), data.eval_input.float()
-    if normalize:
-        mu, sd = x.mean(), x.std()
-        x, ex = (x - mu) / sd, (ex - mu) / sd
-    return x, ex
+    if not normalize:
+        return x, ex, lambda t: t
+    mu, sd = x.mean(), x.std()
+    return (x - mu) / sd, (ex - mu) / sd, lambda t: (t - mu) / sd
+
+
+def shift_digits(x, shift, g):
+    """Each 14x14 digit of x (n, 2, 14, 14) moved by its own (dy, dx) in -shift..shift, zeros filling in."""
+    n, side = x.shape[0], x.shape[-1]
+    d = torch.randint(-shift, shift + 1, (2, n, 2, 1), generator=g)
+    rows, cols = torch.arange(side) + shift - d[0], torch.arange(side) + shift - d[1]  # (n, 2, side)
+    padded = F.pad(x, (shift,) * 4)
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(2)[None, :, None, None],
+                  rows[..., :, None], cols[..., None, :]]
+
+
+def augment(cfg, x, target, classes, g):
+    """One epoch's training pairs: re-paired (targets from the digit classes) and shifted, as cfg asks."""
+    if cfg.repair:
+        order = torch.randperm(classes.numel(), generator=g)
+        x = x.flatten(0, 1)[order].view_as(x)
+        classes = classes.flatten()[order].view_as(classes)
+        target = (classes[:, 0] <= classes[:, 1]).long()
+    if cfg.shift:
+        x = shift_digits(x, cfg.shift, g)
+    return x, target, classes
+
+
+def optimizer(cfg, params, fused=None):
+    if cfg.weight_decay:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+
+
+def set_lr(opt, cfg, step, steps):
+    """The schedule's learning rate at `step` of `steps` (constant: untouched)."""
+    if cfg.schedule == "constant":
+        return
+    t = step / steps
+    if cfg.schedule == "cosine":
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    else:  # one-cycle: 30% linear warm-up from lr/25, then cosine down to lr/1e4
+        lr = (cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * t / 0.3 if t < 0.3 else
+              cfg.lr / 1e4 + (cfg.lr - cfg.lr / 1e4) * 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7)))
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def resolve_device(device="cpu"):
@@ -144,21 +219,30 @@ def _score_at(cfg, score_at):
 
 
 def fit(cfg, data, seed, score_at=None, device="cpu"):
-    """Train one model the plain way (nn.Module + torch.optim.Adam), the reference for `fit_many`."""
+    """Train one model the plain way (nn.Module + torch.optim), the reference for `fit_many`."""
     device = resolve_device(device)
     score_at = _score_at(cfg, score_at)
-    model = init_model(cfg.variant, seed).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    x, ex = (t.to(device) for t in _prepare(data, cfg.normalize))
+    model = init_model(cfg.variant, seed, **cfg.model_options()).to(device)
+    opt = optimizer(cfg, model.parameters())
+    x, ex, norm = _prepare(data, cfg.normalize)
+    x, ex = x.to(device), ex.to(device)
     y, c, ey = data.train_target.to(device), data.train_classes.to(device), data.eval_target.to(device)
     g = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
+    aug = torch.Generator().manual_seed(derive_seed(seed, "augment"))
     n = x.shape[0]
+    steps = -(-n // cfg.batch_size)
     history = torch.zeros(score_at[-1], 3, device=device)
     result = FitResult([], [], [], [], param_count=param_count(model))
     for epoch in range(score_at[-1]):
         start = time.perf_counter()
-        for idx in torch.randperm(n, generator=g).to(device).split(cfg.batch_size):
-            loss = _losses(cfg, *model(x[idx]), y[idx], c[idx])
+        model.train()
+        xe, ye, ce = x, y, c
+        if cfg.augments:
+            xe, ye, ce = augment(cfg, data.train_input.float(), data.train_target, data.train_classes, aug)
+            xe, ye, ce = norm(xe).to(device), ye.to(device), ce.to(device)
+        for i, idx in enumerate(torch.randperm(n, generator=g).to(device).split(cfg.batch_size)):
+            set_lr(opt, cfg, epoch * steps + i, cfg.epochs * steps)
+            loss = _losses(cfg, *model(xe[idx]), ye[idx], ce[idx])
             opt.zero_grad()
             loss[0].backward()
             opt.step()
@@ -167,6 +251,7 @@ def fit(cfg, data, seed, score_at=None, device="cpu"):
             torch.cuda.synchronize()
         result.epoch_seconds.append(time.perf_counter() - start)
         if epoch + 1 in score_at:
+            model.eval()
             with torch.no_grad():
                 result.train_error[epoch + 1] = (model(x)[0].argmax(1) != y).float().mean().item()
                 result.eval_error[epoch + 1] = (model(ex)[0].argmax(1) != ey).float().mean().item()
@@ -192,11 +277,11 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     device = resolve_device(device)
     score_at = _score_at(cfg, score_at)
     block = block or default_block(cfg.variant, cfg.batch_size, device)
-    models = [init_model(cfg.variant, s) for s in seeds]
+    models = [init_model(cfg.variant, s, **cfg.model_options()) for s in seeds]
     K = len(models)
     slices = [slice(j, min(j + block, K)) for j in range(0, K, block)]
     nets = [Stacked(models[sl], device) for sl in slices]
-    opt = torch.optim.Adam([p for net in nets for p in net.parameters()], lr=cfg.lr, fused=True)  # one kernel
+    opt = optimizer(cfg, [p for net in nets for p in net.parameters()], fused=True)  # one kernel
 
     prepared = [_prepare(d, cfg.normalize) for d in datas]
     x = torch.stack([p[0] for p in prepared]).to(device)
@@ -205,13 +290,16 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
                 for a in ("train_target", "train_classes", "eval_target"))
     n = x.shape[1]
     gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
+    augs = [torch.Generator().manual_seed(derive_seed(s, "augment")) for s in seeds]
+    steps = -(-n // cfg.batch_size)
     block_rows = [torch.arange(sl.start, sl.stop, device=device)[:, None] for sl in slices]  # gather indices
 
     def errors(inputs, targets):
         wrong = []
         for net, sl in zip(nets, slices):
             chunk = max(1, (50000 if device.type == "cuda" else 20000) // net.k)  # bound the activations
-            wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk])[0].argmax(-1) != targets[sl, i:i + chunk]
+            wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0].argmax(-1)
+                                    != targets[sl, i:i + chunk]
                                     for i in range(0, inputs.shape[1], chunk)], 1))
         return torch.cat(wrong).float().mean(1)
 
@@ -219,12 +307,18 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     scores, seconds = {}, []
     for epoch in range(score_at[-1]):
         start = time.perf_counter()
+        xe, ye, ce = x, y, c
+        if cfg.augments:  # each fit's own augmented pairs, drawn as `fit` draws them
+            got = [augment(cfg, d.train_input.float(), d.train_target, d.train_classes, a) for d, a in zip(datas, augs)]
+            xe = torch.stack([p[2](t[0]) for p, t in zip(prepared, got)]).to(device)
+            ye, ce = (torch.stack([t[i] for t in got]).to(device) for i in (1, 2))
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
-        for idx in perms.split(cfg.batch_size, dim=1):
+        for i, idx in enumerate(perms.split(cfg.batch_size, dim=1)):
+            set_lr(opt, cfg, epoch * steps + i, cfg.epochs * steps)
             opt.zero_grad()
             for net, sl, rows in zip(nets, slices, block_rows):
-                losses = torch.stack(_losses(cfg, *net.forward(x[rows, idx[sl]]), y[rows, idx[sl]],
-                                             c[rows, idx[sl]]), 1)  # k x (total, main, aux)
+                losses = torch.stack(_losses(cfg, *net.forward(xe[rows, idx[sl]]), ye[rows, idx[sl]],
+                                             ce[rows, idx[sl]]), 1)  # k x (total, main, aux)
                 losses[:, 0].sum().backward()
                 history[epoch, sl] += losses.detach() * idx.shape[1] / n
             opt.step()

@@ -1,0 +1,88 @@
+"""Model and training options beyond the study: each one stacked == plain (the oracle), and really applied."""
+import pytest
+import torch
+
+from pairs.data import kfold
+from pairs.models import PairNet, compare_digits, param_count
+from pairs.train import FitConfig, FitData, augment, fit, fit_many, shift_digits
+
+OPTIONS = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
+           dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large"),
+           dict(normalize=True, batch_norm=True, shift=1, repair=True, head="digits", schedule="onecycle",
+                weight_decay=0.01, branch="large")]
+
+
+def fold_data(p, k=4, n=160):
+    return [FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr], p.train_input[va],
+                    p.train_target[va]) for tr, va in kfold(n, k, seed=3)]
+
+
+@pytest.mark.parametrize("variant", ["ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_stacked_equals_one_at_a_time_with_the_option(pairs_1000, variant, options):
+    cfg = FitConfig(variant, batch_size=40, epochs=2, **options)
+    datas, seeds = fold_data(pairs_1000), [11, 12, 13]
+    stacked = fit_many(cfg, datas[:3], seeds, block=2)  # a full and a partial block
+    default = fit(FitConfig(variant, batch_size=40, epochs=2), datas[0], seeds[0])
+    alone = [fit(cfg, data, seed) for data, seed in zip(datas, seeds)]
+    assert alone[0].train_loss != default.train_loss  # the option changed the fit (same seed, same data)
+    for one, many in zip(alone, stacked):
+        assert one.param_count == many.param_count
+        assert many.train_loss == pytest.approx(one.train_loss, rel=1e-3, abs=1e-4)
+        assert many.aux_loss == pytest.approx(one.aux_loss, rel=1e-3, abs=1e-4)
+        assert abs(many.train_error[2] - one.train_error[2]) <= 2 / 120
+        assert abs(many.eval_error[2] - one.eval_error[2]) <= 2 / 40
+
+
+def test_defaults_are_the_study():
+    cfg = FitConfig("ConvNet")
+    assert (cfg.weight_decay, cfg.schedule, cfg.shift, cfg.repair, cfg.batch_norm, cfg.branch, cfg.head) == (
+        0.0, "constant", 0, False, False, "study", "learned")
+
+
+def test_model_options_change_the_network():
+    assert param_count(PairNet("ConvNet", True, batch_norm=True)) == 72458 + 2 * (32 + 64 + 200)
+    assert param_count(PairNet("MLP", False, head="digits")) == 171538 - (20 * 100 + 100 + 100 * 2 + 2)
+    large = PairNet("ConvNet", True, branch="large")
+    assert large(torch.rand(3, 2, 14, 14))[0].shape == (3, 2)
+    assert param_count(large) > 72458
+
+
+def test_the_computed_comparison_is_the_probability_of_first_le_second():
+    logits = torch.randn(5, 20, dtype=torch.float64)
+    p = logits.view(5, 2, 10).softmax(-1)
+    want = torch.stack([sum(p[b, 0, i] * p[b, 1, j] for i in range(10) for j in range(i, 10)) for b in range(5)])
+    out = compare_digits(logits).exp()
+    torch.testing.assert_close(out[:, 1], want)
+    torch.testing.assert_close(out.sum(1), torch.ones(5, dtype=torch.float64))
+
+
+def test_shifts_move_digits_within_bounds_and_zero_is_identity():
+    x = torch.zeros(50, 2, 14, 14)
+    x[:, :, 7, 7] = 1.0
+    g = torch.Generator().manual_seed(0)
+    moved = shift_digits(x, 2, g)
+    where = moved.flatten(2).argmax(-1)
+    rows, cols = where // 14, where % 14
+    assert moved.sum() == x.sum()  # the centre pixel stays inside
+    assert ((rows - 7).abs() <= 2).all() and ((cols - 7).abs() <= 2).all() and len(set(where.flatten().tolist())) > 5
+    assert torch.equal(shift_digits(x, 0, g), x)
+
+
+def test_repairing_keeps_the_digits_and_targets_follow_classes(pairs_1000):
+    p = pairs_1000
+    cfg = FitConfig("MLP_AL", repair=True)
+    x, target, classes = augment(cfg, p.train_input[:100], p.train_target[:100], p.train_classes[:100],
+                                 torch.Generator().manual_seed(1))
+    assert torch.equal(target, (classes[:, 0] <= classes[:, 1]).long())
+    assert sorted(classes.flatten().tolist()) == sorted(p.train_classes[:100].flatten().tolist())
+    assert not torch.equal(classes, p.train_classes[:100])
+    assert torch.equal(x.flatten(0, 1).sum((1, 2)).sort().values, p.train_input[:100].flatten(0, 1).sum((1, 2)).sort().values)
+
+
+def test_bad_options_are_clear_errors():
+    for kwargs, message in ((dict(schedule="step"), "unknown schedule 'step'; choose from constant, cosine"),
+                            (dict(head="mlp"), "unknown head 'mlp'"), (dict(shift=9), "shift 0..4"),
+                            (dict(weight_decay=-1.0), "weight_decay must be non-negative")):
+        with pytest.raises(ValueError, match=message):
+            FitConfig("MLP", **kwargs)
