@@ -153,12 +153,12 @@ def stage(name, groups, tracker, context, root, device, progress, artifacts):
 
 def _pipeline(**settings):
     """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
-    run, protocol = check_inputs(**settings)
+    run, protocol, study = check_inputs(**settings)
     device = str(resolve_device(run.device))
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
     try:
-        result = _run(protocol, run, root, device, tracker)
+        result = _run(protocol, study, run, root, device, tracker)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         tracker.finish("KILLED" if stopped else "FAILED")
@@ -188,15 +188,37 @@ def run_meta(device, seconds):
             else "started directly"}
 
 
-def _run(protocol, run, root, device, tracker):
+def _arms(protocol, study, run, root, device, tracker, context, started):
+    """A study of fixed arms: no search; every arm's final groups on the same rounds, then its report."""
+    groups = P.arm_groups(protocol, study.arms)
+    final = stage("final", groups, tracker, context, root, device, Progress(work(groups), sum(
+        len(g.fits) for g in groups)), lambda records, out: [R.save_records(records, out / "final_fits.json")])
+    if run.until != "final":
+        meta = run_meta(device, time.time() - started)
+
+        def report(out):
+            (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "study": asdict(study),
+                                                      "meta": meta}))
+            return R.arms_report(final, study, protocol, out, meta) + [out / "run.json"]
+        write_artifacts(tracker, tracker.run_id, "the report", report)
+    return {"run_id": tracker.run_id}
+
+
+def _run(protocol, study, run, root, device, tracker):
     started = time.time()
     code = code_version()
     tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
-                       | {"pipeline.profile": run.profile, "pipeline.device": device, "pipeline.code_version": code})
+                       | {"pipeline.profile": run.profile, "pipeline.device": device, "pipeline.code_version": code,
+                          "pipeline.study": study.path or "(the profile's grid)"}
+                       | {f"search.space.{k}": ",".join(map(str, v)) for k, v in study.space})
     context = (prepare_data(root), code, device)
     if run.until == "prepare":
         return {"run_id": tracker.run_id}
-    search_groups, (n_search, n_final) = P.search_groups(protocol), protocol.fits()
+    if study.arms:
+        return _arms(protocol, study, run, root, device, tracker, context, started)
+    candidates = study.candidates()
+    search_groups, (n_search, n_final) = P.search_groups(protocol, candidates), protocol.fits()
+    n_search = sum(len(g.fits) for g in search_groups)
     if run.until == "search":
         n_final = 0
     guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
@@ -217,7 +239,8 @@ def _run(protocol, run, root, device, tracker):
     meta = run_meta(device, time.time() - started)
 
     def report(out):
-        (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "selection": selection, "meta": meta}))
+        (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "study": asdict(study),
+                                                  "selection": selection, "meta": meta}))
         return R.full_report(search, final, selection, protocol, out, meta) + [out / "run.json"]
 
     write_artifacts(tracker, tracker.run_id, "the report", report)

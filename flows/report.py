@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pairs import report as R
 from pairs.protocol import Protocol
+from pairs.studies import Study
 
 from .tracking import download_artifacts
 
@@ -14,10 +15,15 @@ from .tracking import download_artifacts
 def regenerate(run_id, out):
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = download_artifacts(run_id, ("run.json", "search_fits.json", "final_fits.json"), tmp)
-        run = json.loads(files["run.json"].read_text())
-        search, final = R.load_records(files["search_fits.json"]), R.load_records(files["final_fits.json"])
+        run = json.loads(download_artifacts(run_id, ["run.json"], tmp)["run.json"].read_text())
+        study = Study(**run.get("study", {"path": "", "description": "", "protocol": {}}))
+        names = ["final_fits.json"] + ([] if study.arms else ["search_fits.json"])
+        files = download_artifacts(run_id, names, tmp)
+        final = R.load_records(files["final_fits.json"])
+        search = [] if study.arms else R.load_records(files["search_fits.json"])
     protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})
+    if study.arms:
+        return R.arms_report(final, study, protocol, out, run["meta"])
     return R.full_report(search, final, run["selection"], protocol, out, run["meta"])
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pairs.data import DataError, data_root, ensure_mnist
+from pairs import studies
 from pairs.protocol import PROFILES, Protocol
 from pairs.train import DEVICES, option, resolve_device
 
@@ -30,6 +31,8 @@ STAGES = ("prepare", "search", "final", "report")
 class Run:
     """What a pipeline call runs on and how far; the study itself is the Protocol."""
     profile: str = option("full", "the protocol whose values fill every setting left empty", tuple(PROFILES))
+    study: str | None = option(None, "a study file, or a shipped study's name (faithful, al_gap); its [protocol] "
+                                     "overrides the profile, the flags here override it (default: the profile's grid)")
     data_dir: str | None = option(None, "torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
     experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
     device: str = option("cpu", "where to train", DEVICES)
@@ -139,7 +142,7 @@ def make_protocol(profile="full", **overrides):
 
 
 def check_inputs(**values):
-    """Raise ValueError with one clear line for any bad input; return (Run, Protocol)."""
+    """Raise ValueError with one clear line for any bad input; return (Run, Protocol, Study)."""
     run_names = {f.name for f in fields(Run)}
     unknown = set(values) - {s.name for s in SETTINGS}
     if unknown:
@@ -148,7 +151,9 @@ def check_inputs(**values):
     for s in SETTINGS[:len(run_names)]:
         if s.choices and getattr(run, s.name) not in s.choices:
             raise ValueError(f"unknown {s.name} {getattr(run, s.name)!r}; choose from {', '.join(s.choices)}")
-    protocol = make_protocol(run.profile, **{k: v for k, v in values.items() if k not in run_names})
+    study = studies.load(run.study) if run.study else studies.Study("", "", {})
+    protocol = make_protocol(run.profile, **study.protocol | {k: v for k, v in values.items()
+                                                               if k not in run_names and v is not None})
     if not run.experiment:
         raise ValueError("the experiment name must not be empty")
     try:
@@ -157,7 +162,7 @@ def check_inputs(**values):
     except (RuntimeError, DataError) as e:
         raise ValueError(str(e)) from None
     check_tracking(tracking_uri())
-    return run, protocol
+    return run, protocol, study
 
 
 def tracking_uri():

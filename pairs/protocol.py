@@ -13,6 +13,7 @@ MLflow store know it by. A `FitRecord` is a Fit with its results; it round-trips
 """
 import functools
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -22,6 +23,7 @@ from .stats import mean_std
 from .train import FitConfig, FitData, Training, fit_many, option
 
 STAGES = ("search", "final")
+DEFAULT = Training()
 
 
 @dataclass(frozen=True)
@@ -141,44 +143,60 @@ class FitRecord(Fit):
 class Group:
     """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
     fits: tuple[Fit, ...]
+    name: str = ""  # an arm's name, shown in the label; not part of the key
 
     @property
     def label(self):
         f = self.fits[0]
+        options = " ".join(f"{k}={v}" for k, v in f.config.training().items() if v != getattr(DEFAULT, k))
         if f.stage == "final":
-            return f"final {f.variant}"
-        return f"search {f.variant} batch {f.config.batch_size}" + (
-            f" epochs {f.config.epochs}" if f.config.schedule != "constant" else "")
+            label = f"final {f.variant}" + (f" ({self.name})" if self.name else "")
+        else:
+            label = f"search {f.variant} batch {f.config.batch_size}" + (
+                f" epochs {f.config.epochs}" if f.config.schedule != "constant" else "")
+        return f"{label} {options}" if options and not self.name else label
 
     def key(self, context=()):
         return hashlib.sha256(" ".join(f.key(context) for f in self.fits).encode()).hexdigest()[:32]
 
 
-def search_groups(protocol):
-    """The search's units of work: one Group per (architecture, batch size), rounds x folds fits each, scored
-    at every epoch count. With a learning-rate schedule the first 25 epochs of a 50-epoch fit are not a
-    25-epoch fit, so each epoch count is then a group of its own."""
-    p = protocol
-    epochs = sorted(set(p.epochs))
-    runs = [tuple(epochs)] if p.schedule == "constant" else [(e,) for e in epochs]
-    return [Group(tuple(
-        Fit("search", FitConfig(arch, batch, max(score_at), **p.training()), rnd, fold,
-            derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
-            p.folds, derive_seed(p.seed, "search", rnd, "folds"), score_at)
-        for rnd in range(p.search_rounds) for fold in range(p.folds)))
-        for arch in p.architectures for batch in p.batch_sizes for score_at in runs]
+def search_groups(protocol, candidates=({},)):
+    """The search's units of work: one Group per (architecture, batch size, candidate options), rounds x folds
+    fits each, scored at every epoch count. With a learning-rate schedule the first 25 epochs of a 50-epoch
+    fit are not a 25-epoch fit, so each epoch count is then a group of its own. Fits see training pairs only."""
+    p, epochs, groups = protocol, sorted(set(protocol.epochs)), []
+    for arch, batch, options in itertools.product(p.architectures, p.batch_sizes, candidates):
+        training = p.training() | options
+        runs = [tuple(epochs)] if training["schedule"] == "constant" else [(e,) for e in epochs]
+        groups += [Group(tuple(
+            Fit("search", FitConfig(arch, batch, max(score_at), **training), rnd, fold,
+                derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
+                p.folds, derive_seed(p.seed, "search", rnd, "folds"), score_at)
+            for rnd in range(p.search_rounds) for fold in range(p.folds))) for score_at in runs]
+    return groups
 
 
-def final_groups(protocol, selection):
-    """The final evaluation's units of work: one Group per variant, at its architecture's selection."""
+def final_groups(protocol, selection, name=""):
+    """The final evaluation's units of work: one Group per variant, at its architecture's selection
+    ({architecture: {batch_size, epochs, options...}}); every variant and arm on the same rounds."""
     p, groups = protocol, []
     for variant in p.variants:
-        chosen = selection[parse(variant)[0]]
-        cfg = FitConfig(variant, chosen["batch_size"], chosen["epochs"], **p.training())
+        chosen = dict(selection[parse(variant)[0]])
+        cfg = FitConfig(variant, chosen.pop("batch_size"), chosen.pop("epochs"), **(p.training() | chosen))
         groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(p.seed, "final", rnd), p.pairs,
                                       derive_seed(p.seed, "final", rnd, "pairs"), score_at=(cfg.epochs,))
-                                  for rnd in range(p.final_rounds))))
+                                  for rnd in range(p.final_rounds)), name))
     return groups
+
+
+def arm_groups(protocol, arms):
+    """The final groups of every arm ((name, selection) pairs); an arm equal to an earlier one for a variant
+    adds no group (its fits are the same)."""
+    groups = {}
+    for name, selection in arms:
+        for g in final_groups(protocol, selection, name):
+            groups.setdefault(g.key(), g)
+    return list(groups.values())
 
 
 @functools.lru_cache(maxsize=64)
@@ -216,23 +234,35 @@ def train_group(group, root=None, device="cpu", on_epoch=None):
     return records
 
 
+def searched_options(records):
+    """The training options that differ between these records (the searched ones)."""
+    return [k for k in DEFAULT.training() if len({getattr(r.config, k) for r in records}) > 1]
+
+
 def search_table(records):
-    """Table 1 rows: per (architecture, batch size, epochs) the mean/std of train and validation error."""
-    rows = []
-    for (variant, batch), group in _groupby(records, lambda r: (r.variant, r.config.batch_size)).items():
-        for e in sorted(group[0].train_error):
-            tr, va = mean_std([r.train_error[e] for r in group]), mean_std([r.eval_error[e] for r in group])
-            rows.append({"architecture": variant, "batch_size": batch, "epochs": e, "fits": len(group),
-                         "train_error_mean": tr[0], "train_error_std": tr[1],
+    """Table 1 rows: per (architecture, batch size, searched options, epochs) the mean/std of train and
+    validation error over the rounds x folds fits."""
+    rows, options = [], searched_options(records)
+    cell = lambda r: (r.variant, r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
+    for (variant, batch, *values), group in _groupby(records, cell).items():
+        for e in sorted({e for r in group for e in r.train_error}):
+            scored = [r for r in group if e in r.train_error]
+            tr, va = mean_std([r.train_error[e] for r in scored]), mean_std([r.eval_error[e] for r in scored])
+            rows.append({"architecture": variant, "batch_size": batch, **dict(zip(options, values)), "epochs": e,
+                         "fits": len(scored), "train_error_mean": tr[0], "train_error_std": tr[1],
                          "val_error_mean": va[0], "val_error_std": va[1]})
     return rows
 
 
+SCORES = ("architecture", "fits", "train_error_mean", "train_error_std", "val_error_mean", "val_error_std")
+
+
 def select(table1_rows):
-    """Per architecture the (batch size, epochs) of lowest mean validation error (ties: fewer epochs, smaller batch)."""
+    """Per architecture the candidate (batch size, epochs, searched options) of lowest mean validation error
+    (ties: fewer epochs, smaller batch). Table 1 holds validation folds only: the test pairs play no part."""
     best = {}
     for r in sorted(table1_rows, key=lambda r: (r["val_error_mean"], r["epochs"], r["batch_size"])):
-        best.setdefault(r["architecture"], {"batch_size": r["batch_size"], "epochs": r["epochs"]})
+        best.setdefault(r["architecture"], {k: v for k, v in r.items() if k not in SCORES})
     return best
 
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import FitRecord, final_table, search_table  # noqa: E402
+from .protocol import FitRecord, final_groups, final_table, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
 
 STUDY = Path(__file__).parent / "study"
@@ -62,7 +62,10 @@ def table2(records):
 def display(df, kind):
     """The table a reader looks at: mean ± std in %, ours beside the study's."""
     if kind == "table1":
-        cols = {"architecture": df.architecture, "batch size": df.batch_size, "epochs": df.epochs, "fits": df.fits,
+        options = {c: df[c] for c in df.columns if c not in ("architecture", "batch_size", "epochs", "fits")
+                   and not c.startswith(("train_", "val_", "study_"))}
+        cols = {"architecture": df.architecture, "batch size": df.batch_size, **options, "epochs": df.epochs,
+                "fits": df.fits,
                 "train error %": [_pm(m, s) for m, s in zip(df.train_error_mean, df.train_error_std)],
                 "val error %": [_pm(m, s) for m, s in zip(df.val_error_mean, df.val_error_std)],
                 "study train %": [_pm(m, s) for m, s in zip(df.study_train_error_mean, df.study_train_error_std)],
@@ -155,7 +158,8 @@ def heatmap(t1, out):
     archs = list(dict.fromkeys(t1.architecture))
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.2), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        grid = t1[t1.architecture == arch].pivot(index="epochs", columns="batch_size", values="val_error_mean") * 100
+        grid = t1[t1.architecture == arch].pivot_table(index="epochs", columns="batch_size", values="val_error_mean",
+                                                       aggfunc="min") * 100  # with searched options: the best
         im = ax.imshow(grid.values, cmap="viridis_r")
         ax.set_xticks(range(len(grid.columns)), grid.columns)
         ax.set_yticks(range(len(grid.index)), grid.index)
@@ -322,6 +326,81 @@ fits that diverged there (raw 0..255 inputs make that likely), which the 'diverg
 ## Command
 `{meta.get('command', 'python -m flows')}` ({meta.get('launcher', 'started directly')})
 """
+
+
+def arms_table(records, protocol, arms):
+    """Per variant and arm: test error over the rounds, its paired difference to the first arm (95% CI), and
+    the share of the gap between the first arm and the study's published number that the difference closes."""
+    by_config = {}
+    for r in records:
+        by_config.setdefault(r.config, {})[r.round] = r.final_errors[1]
+    study = study_table("table2").set_index("variant").test_error_mean
+    rows, base = [], {}
+    for name, selection in arms:
+        for g in final_groups(protocol, selection, name):
+            cfg = g.fits[0].config
+            errs = by_config[cfg]
+            first = base.setdefault(cfg.variant, errs)
+            rounds = sorted(errs.keys() & first.keys())
+            p = paired([first[k] for k in rounds], [errs[k] for k in rounds])
+            m, sd = mean_std(errs.values())
+            gap = mean_std(first.values())[0] - study.get(cfg.variant, float("nan"))
+            rows.append({"variant": cfg.variant, "arm": name, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                         "test_error_mean": m, "test_error_std": sd, "rounds": len(errs),
+                         "diff_mean": p.mean_diff, "ci_low": p.ci_low, "ci_high": p.ci_high, "t_pvalue": p.t_pvalue,
+                         "study_test_error_mean": study.get(cfg.variant, float("nan")), "gap": gap,
+                         "share_of_gap_closed": -p.mean_diff / gap if gap else float("nan")})
+    order = {v: i for i, v in enumerate(protocol.variants)}
+    return pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
+
+
+def render_arms(table, study, protocol, meta):
+    """REPORT.md of a study of fixed arms: each arm against the first, as points and as a share of the gap."""
+    shown = pd.DataFrame({
+        "variant": table.variant, "arm": table.arm, "batch/epochs": [f"{b}/{e}" for b, e in zip(table.batch_size,
+                                                                                              table.epochs)],
+        "test error %": [_pm(m, s) for m, s in zip(table.test_error_mean, table.test_error_std)],
+        "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"
+                                          for d, lo, hi in zip(table.diff_mean, table.ci_low, table.ci_high)],
+        "study %": [f"{100 * v:.2f}" for v in table.study_test_error_mean],
+        "share of the gap closed": [f"{100 * v:.0f}%" for v in table.share_of_gap_closed]})
+    lines = []
+    for variant, rows in table.groupby("variant", sort=False):
+        first, rest = rows.iloc[0], rows.iloc[1:]
+        lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%, the study "
+                     f"{100 * first.study_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points). " + "; ".join(
+                         f"{r.arm}: {100 * -r.diff_mean:+.2f} points closed (95% CI {100 * -r.ci_high:+.2f} to "
+                         f"{100 * -r.ci_low:+.2f}), {100 * r.share_of_gap_closed:.0f}% of the gap"
+                         for r in rest.itertuples()) + ".")
+        best = rows.loc[rows.test_error_mean.idxmin()]
+        lines.append(f"  Left unexplained by the best arm ({best.arm}): "
+                     f"{100 * (best.test_error_mean - best.study_test_error_mean):+.2f} points.")
+    p = protocol
+    return f"""# Study `{Path(study.path).stem}`: arms on paired rounds
+
+{study.description}
+
+- **Study file**: `{study.path}`; {p.final_rounds} paired rounds (every arm on the same pairs and seeds), {p.pairs} pairs per split.
+- **Machine**: {meta.get('machine', '?')}; device {meta.get('device', '?')}.
+- **Wall time**: {meta.get('wall_time', '?')}.
+
+{markdown(shown)}
+Differences are paired (same rounds), second arm minus the first; "closed" is minus that difference, as a
+share of the gap between the first arm and the study's published test error.
+
+{chr(10).join(lines)}
+
+## Command
+`{meta.get('command', 'python -m flows')}`
+"""
+
+
+def arms_report(records, study, protocol, out, meta):
+    """The arms table (CSV, markdown) and REPORT.md of a study of fixed arms, written to out."""
+    table = arms_table(records, protocol, study.arms)
+    paths = write_tables(out, "arms", table, table) + [save_records(records, out / "final_fits.json")]
+    (out / "REPORT.md").write_text(render_arms(table, study, protocol, meta))
+    return paths + [out / "REPORT.md"]
 
 
 def full_report(search, final, selection, protocol, out, meta):
