@@ -82,7 +82,8 @@ def load(name_or_path):
     try:
         Protocol(**protocol)
     except (TypeError, ValueError) as e:
-        fail("protocol", str(e))
+        word = str(e).split()[0]
+        fail("protocol" + (f".{word}" if word in protocol else ""), str(e))
     if "search" in doc and "arm" in doc:
         fail("arm", "a study has either a [search] or arms, not both")
     study = Study(str(path), doc.get("description", ""), protocol)

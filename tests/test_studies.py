@@ -1,0 +1,104 @@
+"""Study files: the shipped ones load and run; bad ones fail before any work; selection never sees test pairs."""
+import pytest
+
+from pairs import protocol as P
+from pairs import studies
+from pairs.protocol import PROFILES
+
+
+def test_the_faithful_study_is_the_default_protocol():
+    study = studies.load("faithful")
+    assert PROFILES["full"].with_(**study.protocol) == PROFILES["full"]
+    assert study.candidates() == [{}] and not study.arms
+
+
+def test_the_al_gap_study_varies_one_cause_at_a_time_then_together():
+    study = studies.load("al_gap")
+    names = [name for name, _ in study.arms]
+    assert names[0] == "faithful" and len(names) == len(set(names)) >= 6
+    first = dict(study.arms)["faithful"]
+    assert first == {"ConvNet": {"batch_size": 100, "epochs": 50}, "MLP": {"batch_size": 25, "epochs": 50}}
+    assert dict(study.arms)["standardised inputs"]["MLP"] == {"batch_size": 25, "epochs": 50, "normalize": True}
+    assert study.protocol["variants"] == ("ConvNet_AL", "MLP_AL", "MLP_WS_AL") and study.protocol["final_rounds"] == 20
+    groups = P.arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
+    assert len({g.key() for g in groups}) == len(groups)  # an arm equal to another for a variant trains once
+
+
+def test_a_search_space_multiplies_the_grid(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[protocol]\nbatch_sizes = [25, 50]\n[search]\nbudget = 8\n[search.space]\n'
+                 'normalize = [false, true]\nhead = ["learned", "digits"]\n')
+    study = studies.load(f)
+    assert len(study.candidates()) == 4
+    groups = P.search_groups(PROFILES["quick"], study.candidates())
+    assert len(groups) == 2 * 2 * 4
+    assert groups[2].label == "search ConvNet batch 25 normalize=True"
+
+
+BAD = [
+    ("protocol = [", "not valid TOML"),
+    ("[protocl]\nfolds = 3", "protocl: unknown key; allowed: description, protocol, search, arm"),
+    ("[protocol]\nfold = 3", "protocol.fold: unknown key; allowed: lr,"),
+    ("[protocol]\nfolds = 0", "protocol.folds: folds must be a positive integer, got 0"),
+    ("[search]\nbudget = 0", "search.budget: must be a positive integer, got 0"),
+    ("[search]\nmethod = 'random'", "search.method: 'random' is not a method; allowed: grid"),
+    ("[search.space]\nnormalize = []", "search.space.normalize: must be a non-empty list of values, got []"),
+    ("[search.space]\ndropout = [0.1]", "search.space.dropout: unknown key; allowed: lr, aux_weight"),
+    ("[search.space]\nschedule = ['step']", "search.space.schedule: unknown schedule 'step'; choose from constant"),
+    ("[search]\nbudget = 5\n[search.space]\nnormalize = [false, true]",
+     "search.budget: the grid has 6 candidates per architecture, more than the budget 5"),
+    ("[[arm]]\nname = 'a'\nnormalize = true", "arm[0].ConvNet: the first arm must give batch_size and epochs"),
+    ("[[arm]]\nname = 'a'\nConvNet = {batch_size = 0, epochs = 2}\nMLP = {batch_size = 5, epochs = 2}",
+     "arm[0].ConvNet.batch_size: must be a positive integer, got 0"),
+    ("[[arm]]\nConvNet = {batch_size = 5, epochs = 2}", "arm[0].name: each arm needs a name of its own"),
+    ("[search]\n[[arm]]\nname = 'a'", "arm: a study has either a [search] or arms, not both"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[b[1].split(":")[0] for b in BAD])
+def test_a_bad_study_file_is_one_line_naming_file_and_key(tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(studies.StudyError) as e:
+        studies.load(f)
+    assert str(e.value).startswith(f"{f}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_unknown_study_name_lists_the_shipped_ones():
+    with pytest.raises(studies.StudyError, match="no such file; shipped studies: al_gap, faithful"):
+        studies.load("al_gap_v2")
+
+
+def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
+    """Honest selection: the search reads training pairs only, so scrambling every test target changes nothing."""
+    import torch
+    q = PROFILES["quick"].with_(search_rounds=1, folds=2, epochs=(1, 2))
+    candidates = [{"normalize": False}, {"normalize": True}]
+
+    def search():
+        P._pair_sets.cache_clear()
+        records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)]
+        return P.select(P.search_table(records)), [r.to_json() for r in records]
+
+    honest = search()
+    for r in honest[1]:
+        r.pop("s_per_epoch")  # wall time, not a result
+    real = P.pair_sets
+
+    def scrambled(n, seed, root):
+        p = real(n, seed, root)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return type(p)(p.train_input, p.train_target, p.train_classes, p.test_input,
+                       1 - p.test_target[perm], p.test_classes[perm])
+    monkeypatch.setattr(P, "pair_sets", scrambled)
+    scrambled_search = search()
+    for r in scrambled_search[1]:
+        r.pop("s_per_epoch")
+    assert scrambled_search == honest
+    P._pair_sets.cache_clear()
+    # the test is able to fail: the final evaluation does read the scrambled targets
+    final = P.train_group(P.final_groups(q, honest[0])[0], data_dir)
+    monkeypatch.setattr(P, "pair_sets", real)
+    P._pair_sets.cache_clear()
+    assert [r.eval_error for r in final] != [r.eval_error for r in
+                                             P.train_group(P.final_groups(q, honest[0])[0], data_dir)]
