@@ -13,13 +13,14 @@ group's check-then-log, so two pipelines on one store neither corrupt it nor log
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pairs.models import parse
@@ -129,10 +130,10 @@ class Tracker:
                 max_results=50000)}
             for r, key in zip(records, keys):
                 if key not in done:
-                    done[key] = self._log_fit(r, parent_id, key, group)
+                    done[key] = self._log_fit(r, parent_id, key, group, context)
         return [done[k] for k in keys]
 
-    def _log_fit(self, r, parent_id, key, group):
+    def _log_fit(self, r, parent_id, key, group, context):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count."""
         arch, ws, al = parse(r.variant)
         name = f"{r.stage} {r.variant} b{r.config.batch_size} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
@@ -153,5 +154,16 @@ class Tracker:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])
+        self.client.log_inputs(run_id, [_dataset(r, context)])
         self.end(run_id)
         return run_id
+
+
+def _dataset(r, context):
+    """What a fit saw, for the UI's Dataset column: its round's draw of pairs (and fold), from which MNIST."""
+    fold = f" fold {r.fold}/{r.folds}" if r.fold is not None else ""
+    source = {"mnist_sha256": context[0], "pairs": r.pairs, "data_seed": r.data_seed, "split_seed": r.split_seed,
+              "fold": r.fold, "scored_on": "validation fold" if fold else "test pairs"}
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    return DatasetInput(Dataset(f"{r.stage} round {r.round}{fold}", digest, "pairs", json.dumps(source)),
+                        [InputTag("mlflow.data.context", "training")])

@@ -66,6 +66,10 @@ def test_fit_runs_match_the_counts(quick_run):
         evaluated = "val_error" if r.data.params["stage"] == "search" else "test_error"
         assert {"train_loss", "param_count", "s_per_epoch", "train_error", evaluated} <= r.data.metrics.keys()
     one = next(r for r in fits if r.data.params["stage"] == "search")
+    seen = one.inputs.dataset_inputs[0].dataset  # the UI's Dataset column: what this fit saw
+    assert seen.name == f"search round {one.data.params['round']} fold {one.data.params['fold']}/{QUICK.folds}"
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in fits}) == QUICK.search_rounds * QUICK.folds + \
+        QUICK.final_rounds  # one draw per round (and fold), shared by every cell and variant
     history = client.get_metric_history(one.info.run_id, "train_loss")
     assert [m.step for m in history] == list(range(1, max(QUICK.epochs) + 1))
     scored = client.get_metric_history(one.info.run_id, "val_error")
