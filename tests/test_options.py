@@ -6,10 +6,13 @@ from pairs.data import kfold
 from pairs.models import PairNet, compare_digits, param_count
 from pairs.train import FitConfig, FitData, augment, fit, fit_many, shift_digits
 
-OPTIONS = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
-           dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large"),
-           dict(normalize=True, batch_norm=True, shift=1, repair=True, head="digits", schedule="onecycle",
-                weight_decay=0.01, branch="large")]
+SINGLE = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
+          dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large")]
+ALL = dict(normalize=True, batch_norm=True, shift=1, repair=True, head="digits", schedule="onecycle",
+           weight_decay=0.01, branch="large")
+# each option on a shared-branch ConvNet with AL and a two-branch MLP; all of them together on four variants
+CASES = ([(v, o) for o in SINGLE for v in ("ConvNet_WS_AL", "MLP")]
+         + [(v, ALL) for v in ("ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS")])
 
 
 def fold_data(p, k=4, n=160):
@@ -17,8 +20,8 @@ def fold_data(p, k=4, n=160):
                     p.train_target[va]) for tr, va in kfold(n, k, seed=3)]
 
 
-@pytest.mark.parametrize("variant", ["ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS"])
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("variant,options", CASES,
+                         ids=[f"{v}-{','.join(f'{k}={x}' for k, x in o.items())}" for v, o in CASES])
 def test_stacked_equals_one_at_a_time_with_the_option(pairs_1000, variant, options):
     cfg = FitConfig(variant, batch_size=40, epochs=2, **options)
     datas, seeds = fold_data(pairs_1000), [11, 12, 13]
