@@ -119,7 +119,7 @@ def log_fits(tracker, records, parent_id, context, n):
 
 @task(cache_policy=NO_CACHE)
 def select(search_records):
-    """Per architecture, the (batch size, epochs) of lowest mean validation error."""
+    """Per architecture, the candidate (batch size, epochs, searched options) of lowest mean validation error."""
     return P.select(P.search_table(search_records))
 
 
