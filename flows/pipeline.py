@@ -161,10 +161,14 @@ def _pipeline(**settings):
         result = _run(protocol, study, run, root, device, tracker)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
-        tracker.finish("KILLED" if stopped else "FAILED")
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
             print(f"stopped by {'SIGTERM' if isinstance(e, TerminationSignal) else 'Ctrl-C'}: finished groups "
                   "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)
+        try:
+            tracker.finish("KILLED" if stopped else "FAILED")
+        except Exception as err:  # e.g. a store still locked by the write the signal interrupted
+            print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
+                  "KILLED", file=sys.stderr, flush=True)
         raise
     tracker.finish()
     return result
