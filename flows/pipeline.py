@@ -192,6 +192,15 @@ def run_meta(device, seconds):
             else "started directly"}
 
 
+def _report(run, write):
+    """A report writer that adds run.json (protocol, study, selection, machine), from which
+    `python -m flows report RUN_ID` rebuilds the report."""
+    def report(out):
+        (out / "run.json").write_text(json.dumps(run))
+        return write(out) + [out / "run.json"]
+    return report
+
+
 def _arms(protocol, study, run, root, device, tracker, context, started):
     """A study of fixed arms: no search; every arm's final groups on the same rounds, then its report."""
     groups = P.arm_groups(protocol, study.arms)
@@ -200,11 +209,9 @@ def _arms(protocol, study, run, root, device, tracker, context, started):
     if run.until != "final":
         meta = run_meta(device, time.time() - started)
 
-        def report(out):
-            (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "study": asdict(study),
-                                                      "meta": meta}))
-            return R.arms_report(final, study, protocol, out, meta) + [out / "run.json"]
-        write_artifacts(tracker, tracker.run_id, "the report", report)
+        write_artifacts(tracker, tracker.run_id, "the report", _report(
+            {"protocol": asdict(protocol), "study": asdict(study), "meta": meta},
+            lambda out: R.arms_report(final, study, protocol, out, meta)))
     return {"run_id": tracker.run_id}
 
 
@@ -221,7 +228,7 @@ def _run(protocol, study, run, root, device, tracker):
     if study.arms:
         return _arms(protocol, study, run, root, device, tracker, context, started)
     candidates = study.candidates()
-    search_groups, (n_search, n_final) = P.search_groups(protocol, candidates), protocol.fits()
+    search_groups, n_final = P.search_groups(protocol, candidates), protocol.fits()[1]
     n_search = sum(len(g.fits) for g in search_groups)
     if run.until == "search":
         n_final = 0
@@ -242,10 +249,7 @@ def _run(protocol, study, run, root, device, tracker):
 
     meta = run_meta(device, time.time() - started)
 
-    def report(out):
-        (out / "run.json").write_text(json.dumps({"protocol": asdict(protocol), "study": asdict(study),
-                                                  "selection": selection, "meta": meta}))
-        return R.full_report(search, final, selection, protocol, out, meta) + [out / "run.json"]
-
-    write_artifacts(tracker, tracker.run_id, "the report", report)
+    write_artifacts(tracker, tracker.run_id, "the report", _report(
+        {"protocol": asdict(protocol), "study": asdict(study), "selection": selection, "meta": meta},
+        lambda out: R.full_report(search, final, selection, protocol, out, meta)))
     return {"run_id": tracker.run_id, "selection": selection}

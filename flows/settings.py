@@ -154,6 +154,8 @@ def check_inputs(**values):
     study = studies.load(run.study) if run.study else studies.Study("", "", {})
     protocol = make_protocol(run.profile, **study.protocol | {k: v for k, v in values.items()
                                                                if k not in run_names and v is not None})
+    if study.arms and run.until == "search":
+        raise ValueError(f"the study {study.path} has arms and no search: use --until prepare, final or report")
     if not run.experiment:
         raise ValueError("the experiment name must not be empty")
     try:

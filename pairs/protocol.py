@@ -22,7 +22,6 @@ from .models import ARCHITECTURES, VARIANTS, parse
 from .stats import mean_std
 from .train import FitConfig, FitData, Training, fit_many, option
 
-STAGES = ("search", "final")
 DEFAULT = Training()
 
 
@@ -60,11 +59,19 @@ class Protocol(Training):
         if max(self.batch_sizes) > smallest_train:
             raise ValueError(f"batch size {max(self.batch_sizes)} is larger than a fold's training set "
                              f"({smallest_train} pairs with {self.pairs} pairs in {self.folds} folds)")
-        for v in self.variants:
-            parse(v)
         for a in self.architectures:
             if a not in ARCHITECTURES:
                 raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
+        for v in self.variants:
+            if parse(v)[0] not in self.architectures:
+                raise ValueError(f"variant {v} takes its settings from the search of {parse(v)[0]}: add it to "
+                                 f"architectures or leave the variant out")
+        if self.batch_norm:  # batch statistics need two pairs: no batch of one, in any fold or the final rounds
+            sizes = {self.pairs - self.pairs // self.folds, self.pairs - -(-self.pairs // self.folds), self.pairs}
+            bad = [(b, n) for b in self.batch_sizes for n in sorted(sizes) if n % b == 1]
+            if bad:
+                raise ValueError(f"with batch_norm, batch size {bad[0][0]} leaves a last batch of one pair "
+                                 f"({bad[0][1]} training pairs); choose another batch size or pair count")
 
     def with_(self, **changes):
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -135,6 +142,9 @@ class FitRecord(Fit):
 
     @classmethod
     def from_json(cls, d):
+        if "config" not in d:
+            raise ValueError("fit records written before pairs had typed records (flat dicts): rebuild this report "
+                             "by running the pipeline again (cached groups are reused when nothing changed)")
         tuples = {k: tuple(d[k]) for k in ("train_loss", "main_loss", "aux_loss", "score_at")}
         return cls(**d | tuples | {"config": FitConfig(**d["config"]), "scores": tuple(map(tuple, d["scores"]))})
 

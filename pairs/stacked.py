@@ -98,6 +98,8 @@ def run_stack(ops, h, M, train=True):
     for layout, op in ops:
         if layout == "image" and not image:  # (M, G, H, W): M groups of G one-channel images
             h, image = h.transpose(0, 1).contiguous(memory_format=torch.channels_last), True
+        if layout == "rows" and image:
+            raise TypeError("pairs.stacked: a layer on flat features follows an image layer without a Flatten")
         if layout == "flatten":  # to (M, G, C*H*W) in PyTorch's (C, H, W) order
             h = h.reshape(h.shape[0], M, -1).transpose(0, 1) if image else h.reshape(M, h.shape[1], -1)
             image = False

@@ -119,6 +119,8 @@ def _search(study, search, fail):
     for name, values in space.items():
         if not isinstance(values, list) or not values:
             fail(f"search.space.{name}", f"must be a non-empty list of values, got {values!r}")
+        if len(values) == 1:
+            fail(f"search.space.{name}", f"one value is not a search: set it in [protocol] ({name} = {values[0]!r})")
         for v in values:
             _check_options({name: v}, f"search.space.{name}", fail)
     study = Study(study.path, study.description, study.protocol, tuple((n, tuple(v)) for n, v in space.items()))

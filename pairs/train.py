@@ -60,6 +60,12 @@ class Training:
                                   "digit posteriors", HEADS)
 
     def __post_init__(self):
+        for f in fields(Training):  # a study file's `aux_weight = 1` is 1.0: equal settings, equal cache keys
+            value = getattr(self, f.name)
+            if f.type is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, value := float(value))
+            if not isinstance(value, f.type) or (f.type is int and isinstance(value, bool)):
+                raise ValueError(f"{f.name} must be {f.type.__name__}, got {value!r}")
         if not self.lr > 0 or not self.aux_weight >= 0:
             raise ValueError(f"lr must be positive and aux_weight non-negative, got {self.lr} and {self.aux_weight}")
         if not self.weight_decay >= 0 or not 0 <= self.shift <= 4:

@@ -54,7 +54,9 @@ def test_a_new_field_becomes_a_setting_with_its_type():
     assert got["dropout"] == Setting("dropout", float, False, None, "dropout probability", (), True)
     assert got["widths"].parse("16,32") == (16, 32) and got["widths"].parse("") is None
     assert got["normalize"].parse("yes") is True
-    assert FitConfig("MLP", aux_weight=0.5).training() == {"lr": 1e-3, "aux_weight": 0.5, "normalize": False}
+    training = FitConfig("MLP", aux_weight=0.5).training()
+    assert training == Training(aux_weight=0.5).training() and set(training) == {f.name for f in fields(Training)}
+    assert {"lr": 1e-3, "aux_weight": 0.5, "normalize": False}.items() <= training.items()
 
 
 def test_conda_env_pins_what_pyproject_pins():

@@ -63,6 +63,8 @@ def test_a_fit_key_names_everything_that_changes_a_fit():
                replace(fit, fold=1), replace(fit, data_seed=3), replace(fit, score_at=(3,))]
     assert len({c.key(("mnist", "code", "cpu")) for c in changed} | {key}) == len(changed) + 1
     assert fit.key(("mnist", "edited code", "cpu")) != key
+    assert replace(fit, config=replace(fit.config, aux_weight=1)).key(("mnist", "code", "cpu")) == key  # 1 is 1.0
+    assert P.Group((fit,), "an arm").key() == P.Group((fit,)).key()  # names and labels are not identity
 
 
 def test_groups_list_every_unit_once_and_search_never_touches_test_pairs():
@@ -121,4 +123,4 @@ def test_with_a_schedule_each_epoch_count_is_a_fit_of_its_own():
     assert {g.fits[0].score_at for g in groups} == {(e,) for e in q.epochs}
     assert all(f.config.epochs == f.score_at[0] for g in groups for f in g.fits)
     assert sum(len(g.fits) for g in groups) == q.fits()[0]
-    assert groups[0].label == "search ConvNet batch 25 epochs 2"
+    assert groups[0].label == "search ConvNet batch 25 epochs 2 schedule=onecycle"

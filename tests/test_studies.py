@@ -21,7 +21,18 @@ def test_the_al_gap_study_varies_one_cause_at_a_time_then_together():
     assert dict(study.arms)["standardised inputs"]["MLP"] == {"batch_size": 25, "epochs": 50, "normalize": True}
     assert study.protocol["variants"] == ("ConvNet_AL", "MLP_AL", "MLP_WS_AL") and study.protocol["final_rounds"] == 20
     groups = P.arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
-    assert len({g.key() for g in groups}) == len(groups)  # an arm equal to another for a variant trains once
+    assert len(groups) == len(set(g.key() for g in groups)) == len(names) * 3  # no two arms coincide
+
+
+def test_arms_equal_for_a_variant_train_once(tmp_path):
+    f = tmp_path / "arms.toml"
+    f.write_text('[protocol]\nvariants = ["ConvNet_AL", "MLP_AL"]\n[[arm]]\nname = "a"\n'
+                 'ConvNet = {batch_size = 100, epochs = 50}\nMLP = {batch_size = 25, epochs = 50}\n'
+                 '[[arm]]\nname = "b"\nMLP = {epochs = 25}\n[[arm]]\nname = "c"\naux_weight = 1\n')
+    study = studies.load(f)
+    groups = P.arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
+    # b changes MLP only; c (aux weight 1 = the default 1.0) changes nothing: 2 + 1 groups, not 6
+    assert sorted(g.label for g in groups) == ["final ConvNet_AL (a)", "final MLP_AL (a)", "final MLP_AL (b)"]
 
 
 def test_a_search_space_multiplies_the_grid(tmp_path):
@@ -43,8 +54,10 @@ BAD = [
     ("[search]\nbudget = 0", "search.budget: must be a positive integer, got 0"),
     ("[search]\nmethod = 'random'", "search.method: 'random' is not a method; allowed: grid"),
     ("[search.space]\nnormalize = []", "search.space.normalize: must be a non-empty list of values, got []"),
+    ("[search.space]\nnormalize = [true]", "search.space.normalize: one value is not a search: set it in [protocol]"),
+    ("[protocol]\naux_weight = true", "protocol.aux_weight: aux_weight must be float, got True"),
     ("[search.space]\ndropout = [0.1]", "search.space.dropout: unknown key; allowed: lr, aux_weight"),
-    ("[search.space]\nschedule = ['step']", "search.space.schedule: unknown schedule 'step'; choose from constant"),
+    ("[search.space]\nschedule = ['constant', 'step']", "search.space.schedule: unknown schedule 'step'; choose from constant"),
     ("[search]\nbudget = 5\n[search.space]\nnormalize = [false, true]",
      "search.budget: the grid has 6 candidates per architecture, more than the budget 5"),
     ("[[arm]]\nname = 'a'\nnormalize = true", "arm[0].ConvNet: the first arm must give batch_size and epochs"),
