@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from .models import parse  # noqa: E402
 from .protocol import FitRecord, final_groups, final_table, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
+from .train import Training  # noqa: E402
 
 STUDY = Path(__file__).parent / "study"
 # technique vs its base, as the study argues them
@@ -102,7 +103,8 @@ def comparisons(records):
                 rows.append({"architecture": arch, "comparison": name, "rounds": subset, "n": p.n,
                              "diff_mean": p.mean_diff, "ci_low": p.ci_low, "ci_high": p.ci_high,
                              "t_pvalue": p.t_pvalue, "wilcoxon_pvalue": p.wilcoxon_pvalue})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["architecture", "comparison", "rounds", "n", "diff_mean", "ci_low", "ci_high",
+                                       "t_pvalue", "wilcoxon_pvalue"])  # no pair of variants run: no rows
 
 
 def _save(fig, out, name, svg=False):
@@ -282,6 +284,9 @@ def render(search, final, selection, protocol, meta):
 - **Protocol**: search over batch sizes {list(p.batch_sizes)} x epochs {list(p.epochs)}, {p.search_rounds} rounds x
   {p.folds}-fold cross-validation on the base architectures; selection by lowest mean validation error;
   final evaluation {p.final_rounds} rounds x {len(p.variants)} variants. Adam, lr {p.lr}. Base seed {p.seed}.
+- **Options beyond the study**: {', '.join(f'{k}={v}' for k, v in p.training().items()
+                                        if v != getattr(Training(), k) and k not in ('lr', 'aux_weight', 'normalize'))
+                                 or 'none'}.
 - **Machine**: {meta.get('machine', '?')}; device {meta.get('device', '?')}; {meta.get('versions', '')}.
 - **Wall time**: {meta.get('wall_time', 'see the pipeline run in MLflow')}.
 
@@ -295,7 +300,8 @@ suggest a few diverged fits.
 ![Table 1 heat map](table1_heatmap.png)
 
 ## Selection
-{chr(10).join(f'- {a}: batch size {s["batch_size"]}, {s["epochs"]} epochs' for a, s in selection.items())}
+{chr(10).join(f'- {a}: batch size {s["batch_size"]}, {s["epochs"]} epochs' + ''.join(
+    f', {k}={v}' for k, v in s.items() if k not in ('batch_size', 'epochs')) for a, s in selection.items())}
 
 {study_choices()}; here the selection comes from cross-validation alone.
 

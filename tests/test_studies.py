@@ -115,3 +115,25 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     P._pair_sets.cache_clear()
     assert [r.eval_error for r in final] != [r.eval_error for r in
                                              P.train_group(P.final_groups(q, honest[0])[0], data_dir)]
+
+
+TINY = dict(pairs=100, folds=2, batch_sizes=[25], final_rounds=2)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in studies.SHIPPED.glob("*.toml")))
+def test_a_quick_run_of_each_shipped_study(prefect_env, data_dir, store, tmp_path, name):
+    """Every shipped file runs end to end through Prefect and MLflow (tiny counts from the flags)."""
+    import pandas as pd
+    from flows.pipeline import pipeline
+    study = studies.load(name)
+    extra = {} if study.arms else dict(search_rounds=1, epochs=[1, 2], variants=["ConvNet", "MLP_WS_AL"])
+    result = pipeline(study=name, data_dir=data_dir, experiment=name, **TINY, **extra)
+    run = store.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["pipeline.study"].endswith(f"{name}.toml")
+    report = open(store.download_artifacts(result["run_id"], "REPORT.md", str(tmp_path))).read()
+    if study.arms:
+        table = pd.read_csv(store.download_artifacts(result["run_id"], "arms.csv", str(tmp_path)))
+        assert len(table) == len(study.arms) * len(study.protocol["variants"]) and (table.rounds == 2).all()
+        assert all(arm in report for arm, _ in study.arms)
+    else:
+        assert "## Table 2" in report and set(result["selection"]) == {"ConvNet", "MLP"}
