@@ -77,10 +77,8 @@ class Protocol(Training):
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def fits(self):
-        """(search fits, final fits) that the protocol implies."""
-        per_cell = 1 if self.schedule == "constant" else len(set(self.epochs))  # see search_groups
-        search = len(self.architectures) * len(self.batch_sizes) * per_cell * self.search_rounds * self.folds
-        return search, len(self.variants) * self.final_rounds
+        """(search fits, final fits) that the protocol implies (counted from its units of work)."""
+        return sum(len(g.fits) for g in search_groups(self)), len(self.variants) * self.final_rounds
 
 
 PROFILES = {
