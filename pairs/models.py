@@ -5,8 +5,8 @@ concatenated logits. With WS one branch serves both images. AL changes only the 
 so X and X_AL are the same network. Layer sizes are pinned by the study's parameter counts.
 
 Options beyond the study (all off by default, which is the study's model): batch normalisation after
-each convolution and hidden linear layer of the branch; a larger branch (four padded 3x3 convolutions,
-or a wider MLP); a comparison head that computes P(first <= second) from the two digit posteriors
+each convolution and hidden linear layer of the branch; dropout after each hidden linear layer's ReLU;
+a larger branch (four padded 3x3 convolutions, or a wider MLP); a comparison head that computes P(first <= second) from the two digit posteriors
 instead of learning it.
 """
 import torch
@@ -28,7 +28,29 @@ def _norm(layer, batch_norm):
     return [layer, bn(layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features)]
 
 
-def conv_branch(batch_norm=False, size="study"):
+def dropout_mask(shape, p, generator, device):
+    """Keep each unit with probability 1 - p, scaled by 1 / (1 - p); drawn on the CPU from `generator`."""
+    return ((torch.rand(shape, generator=generator) >= p).float() / (1 - p)).to(device)
+
+
+class Dropout(nn.Module):
+    """Dropout whose masks come from its own generator (seeded per fit by pairs.train), so the stacked path
+    (pairs.stacked) draws exactly the masks of the plain one."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p, self.generator = p, None
+
+    def forward(self, h):
+        return h * dropout_mask(h.shape, self.p, self.generator, h.device) if self.training else h
+
+
+def _hidden(layer, batch_norm, dropout):
+    """A hidden linear layer: [batch norm], ReLU, [dropout]."""
+    return _norm(layer, batch_norm) + [nn.ReLU()] + ([Dropout(dropout)] if dropout else [])
+
+
+def conv_branch(batch_norm=False, size="study", dropout=0.0):
     if size == "large":  # two blocks of two padded convolutions: 14 -> 7 -> 3
         convs = [(1, 32), (32, 32), "pool", (32, 64), (64, 64), "pool"]
         layers = [m for c in convs for m in ([nn.MaxPool2d(2)] if c == "pool" else
@@ -38,13 +60,13 @@ def conv_branch(batch_norm=False, size="study"):
         layers = [*_norm(nn.Conv2d(1, 32, 3), batch_norm), nn.MaxPool2d(2), nn.ReLU(),
                   *_norm(nn.Conv2d(32, 64, 3), batch_norm), nn.MaxPool2d(2), nn.ReLU()]
         flat = 256
-    return nn.Sequential(*layers, nn.Flatten(), *_norm(nn.Linear(flat, 200), batch_norm), nn.ReLU(),
+    return nn.Sequential(*layers, nn.Flatten(), *_hidden(nn.Linear(flat, 200), batch_norm, dropout),
                          nn.Linear(200, 10))
 
 
-def mlp_branch(batch_norm=False, size="study"):
+def mlp_branch(batch_norm=False, size="study", dropout=0.0):
     widths = (196, 512, 256) if size == "large" else (196, 256, 128)
-    hidden = [m for a, b in zip(widths, widths[1:]) for m in _norm(nn.Linear(a, b), batch_norm) + [nn.ReLU()]]
+    hidden = [m for a, b in zip(widths, widths[1:]) for m in _hidden(nn.Linear(a, b), batch_norm, dropout)]
     return nn.Sequential(nn.Flatten(), *hidden, nn.Linear(widths[-1], 10))
 
 
@@ -71,11 +93,11 @@ class PairNet(nn.Module):
     """Two digit branches (or one shared) and a head: forward(x) -> (pair_logits Bx2, digit_logits Bx2x10)."""
 
     def __init__(self, architecture="ConvNet", weight_sharing=False, batch_norm=False, branch="study",
-                 head="learned"):
+                 head="learned", dropout=0.0):
         super().__init__()
         make, hidden = {"ConvNet": (conv_branch, 10), "MLP": (mlp_branch, 100)}[architecture]
-        self.branch1 = make(batch_norm, branch)
-        self.branch2 = self.branch1 if weight_sharing else make(batch_norm, branch)
+        self.branch1 = make(batch_norm, branch, dropout)
+        self.branch2 = self.branch1 if weight_sharing else make(batch_norm, branch, dropout)
         self.head = nn.Sequential(CompareDigits()) if head == "digits" else nn.Sequential(
             nn.Linear(20, hidden), nn.ReLU(), nn.Linear(hidden, 2))
         # a shared branch with batch norm sees both images in one batch: its statistics are over both
@@ -89,6 +111,26 @@ class PairNet(nn.Module):
         return self.head(digits.flatten(1)), digits
 
 
+class PairsClassifier(nn.Module):
+    """A fit as one deployable model: its members (an ensemble, or one) and its input standardisation.
+    forward(x: float32 N x 2 x 14 x 14, raw 0..255 pixels) -> P(first <= second) and its complement, N x 2,
+    averaged over the members (the pair probabilities the fit is scored by)."""
+
+    def __init__(self, members, mean=0.0, std=1.0):
+        super().__init__()
+        for m in members:  # a deployed model does not train: its dropout generators (not picklable) go
+            for layer in m.modules():
+                if isinstance(layer, Dropout):
+                    layer.generator = None
+        self.members = nn.ModuleList(members)
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        return torch.stack([m(x)[0].softmax(-1) for m in self.members]).mean(0)
+
+
 def parse(name):
     """'MLP_WS_AL' -> ('MLP', weight_sharing=True, aux_loss=True); a clear error for an unknown name."""
     if name not in VARIANTS:
@@ -98,7 +140,7 @@ def parse(name):
 
 
 def build(name, **options):
-    """The model of a Table 2 variant (options: batch_norm, branch, head), with PyTorch's default
+    """The model of a Table 2 variant (options: batch_norm, branch, head, dropout), with PyTorch's default
     initialisation from the global RNG."""
     architecture, weight_sharing, _ = parse(name)
     return PairNet(architecture, weight_sharing, **options)

@@ -5,7 +5,7 @@ stays the one place where the architecture is written: Conv2d becomes one groupe
 stacked branches (2k, or k with weight sharing) in channels-last layout, Linear one batched matmul
 (baddbmm), MaxPool2d, ReLU and Flatten act on that layout, BatchNorm runs over the M*C stacked channels
 (each channel belongs to one fit, so its batch statistics are exactly that fit's), CompareDigits is
-applied as it is. A layer it does not know is an error, never skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
+applied as it is, Dropout draws each group's mask from that fit's own module. A layer it does not know is an error, never skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
 poolings fall back to slow NCHW kernels. Each tensor is a leaf whose slice k belongs to fit k alone:
 Adam, being elementwise, treats every fit exactly as if it were alone.
 """
@@ -13,11 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import CompareDigits, compare_digits
+from .models import CompareDigits, Dropout, compare_digits, dropout_mask
 
 
 def _leaf(t, device):
     return t.to(device).contiguous().requires_grad_()
+
+
+def _back(mods, pairs):
+    """A function that copies the stacked tensors back into the modules: pairs of (name, per-module view)."""
+    def write():
+        with torch.no_grad():
+            for name, stacked in pairs:
+                for m, t in zip(mods, stacked()):
+                    getattr(m, name).copy_(t)
+    return write
 
 
 def _conv(mods, device):
@@ -26,23 +36,36 @@ def _conv(mods, device):
     b = _leaf(torch.stack([m.bias.detach() for m in mods]).flatten(), device) if first.bias is not None else None
     if first.groups != 1 or first.padding_mode != "zeros":
         raise TypeError(f"pairs.stacked supports Conv2d with groups=1 and zero padding, not {first}")
-    return "image", lambda h, M, train: F.conv2d(h, w, b, first.stride, first.padding, first.dilation, groups=M), [w, b]
+    back = _back(mods, [("weight", lambda: w.view(len(mods), *first.weight.shape))]
+                 + ([("bias", lambda: b.view(len(mods), -1))] if b is not None else []))
+    return "image", lambda h, M, train: F.conv2d(h, w, b, first.stride, first.padding, first.dilation,
+                                                 groups=M), [w, b], back
 
 
 def _linear(mods, device):
     w = _leaf(torch.stack([m.weight.detach() for m in mods]).transpose(1, 2), device)  # (M, in, out)
     b = _leaf(torch.stack([m.bias.detach() for m in mods])[:, None, :], device)  # (M, 1, out)
-    return "rows", lambda h, M, train: torch.baddbmm(b, h, w), [w, b]
+    back = _back(mods, [("weight", lambda: w.transpose(1, 2)), ("bias", lambda: b[:, 0])])
+    return "rows", lambda h, M, train: torch.baddbmm(b, h, w), [w, b], back
 
 
 def _pool(mods, device):
     p = mods[0]
     return "image", lambda h, M, train: F.max_pool2d(h, p.kernel_size, p.stride, p.padding, p.dilation,
-                                                     p.ceil_mode), []
+                                                     p.ceil_mode), [], None
 
 
 def _relu(mods, device):
-    return None, lambda h, M, train: h.relu(), []
+    return None, lambda h, M, train: h.relu(), [], None
+
+
+def _dropout(mods, device):
+    """Each stacked group's mask from its own module's generator, as the plain forward draws it."""
+    def op(h, M, train):
+        if not train:
+            return h
+        return h * torch.stack([dropout_mask(h.shape[1:], m.p, m.generator, h.device) for m in mods])
+    return "rows", op, [], None
 
 
 def _batch_norm(mods, device):
@@ -60,36 +83,40 @@ def _batch_norm(mods, device):
         G = h.shape[1]
         out = F.batch_norm(h.transpose(0, 1).reshape(G, -1), rm, rv, w, b, train, first.momentum, first.eps)
         return out.reshape(G, M, -1).transpose(0, 1)
-    return "image" if image else "rows", op, [w, b]
+    back = _back(mods, [(n, lambda t=t: t.view(len(mods), -1)) for n, t in
+                        (("weight", w), ("bias", b), ("running_mean", rm), ("running_var", rv))])
+    return "image" if image else "rows", op, [w, b], back
 
 
 def _compare(mods, device):
-    return "rows", lambda h, M, train: compare_digits(h), []
+    return "rows", lambda h, M, train: compare_digits(h), [], None
 
 
 def _flatten(mods, device):
     if (mods[0].start_dim, mods[0].end_dim) != (1, -1):
         raise TypeError(f"pairs.stacked supports Flatten() over all but the batch dimension, not {mods[0]}")
-    return "flatten", None, []
+    return "flatten", None, [], None
 
 
-# module type -> compiler: (layout it needs, op(h, M), its stacked parameters)
+# module type -> compiler: (layout it needs, op(h, M, train), its stacked parameters, write-back or None)
 LAYERS = {nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten,
-          nn.BatchNorm2d: _batch_norm, nn.BatchNorm1d: _batch_norm, CompareDigits: _compare}
+          nn.BatchNorm2d: _batch_norm, nn.BatchNorm1d: _batch_norm, CompareDigits: _compare, Dropout: _dropout}
 
 
 def compile_stack(seqs, where, device):
-    """The layers of equal nn.Sequentials `seqs` (one per stacked group) as a list of (layout, op)."""
-    ops, params = [], []
+    """The layers of equal nn.Sequentials `seqs` (one per stacked group) as a list of (layout, op), their
+    stacked parameters and the functions that write them back into the modules."""
+    ops, params, backs = [], [], []
     for i, mod in enumerate(seqs[0]):
         make = LAYERS.get(type(mod))
         if make is None:
             raise TypeError(f"pairs.stacked cannot stack layer {i} of the {where} ({type(mod).__name__}); "
                             f"supported: {', '.join(t.__name__ for t in LAYERS)}. Add it to pairs.stacked.LAYERS.")
-        layout, op, ps = make([s[i] for s in seqs], device)
+        layout, op, ps, back = make([s[i] for s in seqs], device)
         ops.append((layout, op))
         params += [p for p in ps if p is not None]
-    return ops, params
+        backs += [back] if back else []
+    return ops, params, backs
 
 
 def run_stack(ops, h, M, train=True):
@@ -114,12 +141,18 @@ class Stacked:
         self.k, self.shared = len(models), m0.branch1 is m0.branch2
         # per fit: its branches in image order (one when shared); M = k x branches
         branches = [b for m in models for b in ([m.branch1] if self.shared else [m.branch1, m.branch2])]
-        self.branch, branch_params = compile_stack(branches, "digit branch", device)
-        self.head, head_params = compile_stack([m.head for m in models], "comparison head", device)
-        self._params = branch_params + head_params
+        self.branch, branch_params, branch_backs = compile_stack(branches, "digit branch", device)
+        self.head, head_params, head_backs = compile_stack([m.head for m in models], "comparison head", device)
+        self._params, self._backs, self.models = branch_params + head_params, branch_backs + head_backs, models
 
     def parameters(self):
         return self._params
+
+    def unstack(self):
+        """The k models, holding the stacked (trained) weights and batch-norm statistics, in eval mode."""
+        for write in self._backs:
+            write()
+        return [m.eval() for m in self.models]
 
     def forward(self, x, train=True):
         """x: (k, B, 2, 14, 14) -> pair logits (k, B, 2), digit logits (k, B, 2, 10); train: batch statistics."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import derive_seed
-from .models import BRANCHES, HEADS, build, param_count, parse
+from .models import BRANCHES, HEADS, Dropout, PairsClassifier, build, param_count, parse
 from .stacked import Stacked
 
 
@@ -58,6 +58,9 @@ class Training:
                          BRANCHES)
     head: str = option("learned", "comparison head: learned layers, or P(first <= second) computed from the two "
                                   "digit posteriors", HEADS)
+    dropout: float = option(0.0, "dropout probability after each hidden linear layer of the digit branch")
+    ensemble: int = option(1, "models per fit (trained stacked, each from its own seed); a fit's prediction "
+                              "averages their pair probabilities")
 
     def __post_init__(self):
         for f in fields(Training):  # a study file's `aux_weight = 1` is 1.0: equal settings, equal cache keys
@@ -71,6 +74,8 @@ class Training:
         if not self.weight_decay >= 0 or not 0 <= self.shift <= 4:
             raise ValueError(f"weight_decay must be non-negative and shift 0..4, got {self.weight_decay} and "
                              f"{self.shift}")
+        if not 0 <= self.dropout < 1 or not 1 <= self.ensemble <= 16:
+            raise ValueError(f"dropout must be in [0, 1) and ensemble 1..16, got {self.dropout} and {self.ensemble}")
         for f in fields(Training):
             if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
                 raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from "
@@ -81,7 +86,7 @@ class Training:
         return {f.name: getattr(self, f.name) for f in fields(Training)}
 
     def model_options(self):
-        return {"batch_norm": self.batch_norm, "branch": self.branch, "head": self.head}
+        return {"batch_norm": self.batch_norm, "branch": self.branch, "head": self.head, "dropout": self.dropout}
 
     @property
     def augments(self):
@@ -122,6 +127,7 @@ class FitResult:
     train_error: dict = field(default_factory=dict)  # epoch count -> error
     eval_error: dict = field(default_factory=dict)
     param_count: int = 0
+    model: object = None  # the trained fit as a pairs.models.PairsClassifier, when asked for
 
     @property
     def s_per_epoch(self):
@@ -129,20 +135,34 @@ class FitResult:
 
 
 def init_model(variant, seed, **options):
-    """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone."""
+    """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone;
+    each dropout layer draws its masks from a generator of its own, also derived from `seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
-        return build(variant, **options)
+        model = build(variant, **options)
+    for i, m in enumerate(m for m in model.modules() if isinstance(m, Dropout)):
+        m.generator = torch.Generator().manual_seed(derive_seed(seed, "dropout", i))
+    return model
+
+
+def member_seeds(cfg, seed):
+    """The seeds of a fit's models: the fit's own (so ensemble = 1 is the fit as it was), then one per member."""
+    return [seed] + [derive_seed(seed, "member", j) for j in range(1, cfg.ensemble)]
+
+
+def predict(logits):
+    """Pair predictions from the logits of a fit's members (m x n x 2): argmax, or of the mean probability."""
+    return logits[0].argmax(-1) if len(logits) == 1 else logits.softmax(-1).mean(0).argmax(-1)
 
 
 def _prepare(data, normalize):
-    """Inputs as float32, standardised with the training set's own mean and std when asked; and a function
-    that standardises augmented training inputs the same way."""
+    """Inputs as float32, standardised with the training set's own mean and std when asked; a function that
+    standardises augmented training inputs the same way; and that (mean, std)."""
     x, ex = data.train_input.float(), data.eval_input.float()
     if not normalize:
-        return x, ex, lambda t: t
+        return x, ex, lambda t: t, (0.0, 1.0)
     mu, sd = x.mean(), x.std()
-    return (x - mu) / sd, (ex - mu) / sd, lambda t: (t - mu) / sd
+    return (x - mu) / sd, (ex - mu) / sd, lambda t: (t - mu) / sd, (mu.item(), sd.item())
 
 
 def shift_digits(x, shift, g):
@@ -225,20 +245,35 @@ def _score_at(cfg, score_at):
 
 
 def fit(cfg, data, seed, score_at=None, device="cpu"):
-    """Train one model the plain way (nn.Module + torch.optim), the reference for `fit_many`."""
+    """Train one fit the plain way (nn.Module + torch.optim, an ensemble's models one after another): the
+    reference for `fit_many`. The result's `model` is the fit as a PairsClassifier."""
     device = resolve_device(device)
     score_at = _score_at(cfg, score_at)
+    runs = [_fit_model(cfg, data, s, score_at, device) for s in member_seeds(cfg, seed)]
+    history = torch.stack([r[0] for r in runs]).mean(0)  # epochs x (total, main, aux), mean over members
+    models = [r[3] for r in runs]
+    result = FitResult(*history.T.tolist(), [sum(t) for t in zip(*(r[1] for r in runs))],
+                       param_count=sum(param_count(m) for m in models))
+    y, ey = data.train_target.to(device), data.eval_target.to(device)
+    for e in score_at:
+        result.train_error[e] = (predict(torch.stack([r[2][e][0] for r in runs])) != y).float().mean().item()
+        result.eval_error[e] = (predict(torch.stack([r[2][e][1] for r in runs])) != ey).float().mean().item()
+    result.model = PairsClassifier([m.cpu() for m in models], *_prepare(data, cfg.normalize)[3]).eval()
+    return result
+
+
+def _fit_model(cfg, data, seed, score_at, device):
+    """One model: (loss history epochs x 3, seconds per epoch, {epoch count: (train, eval) pair logits}, model)."""
     model = init_model(cfg.variant, seed, **cfg.model_options()).to(device)
     opt = optimizer(cfg, model.parameters())
-    x, ex, norm = _prepare(data, cfg.normalize)
+    x, ex, norm, _ = _prepare(data, cfg.normalize)
     x, ex = x.to(device), ex.to(device)
-    y, c, ey = data.train_target.to(device), data.train_classes.to(device), data.eval_target.to(device)
+    y, c = data.train_target.to(device), data.train_classes.to(device)
     g = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
     aug = torch.Generator().manual_seed(derive_seed(seed, "augment"))
     n = x.shape[0]
     steps = -(-n // cfg.batch_size)
-    history = torch.zeros(score_at[-1], 3, device=device)
-    result = FitResult([], [], [], [], param_count=param_count(model))
+    history, seconds, logits = torch.zeros(score_at[-1], 3, device=device), [], {}
     for epoch in range(score_at[-1]):
         start = time.perf_counter()
         model.train()
@@ -255,14 +290,12 @@ def fit(cfg, data, seed, score_at=None, device="cpu"):
             history[epoch] += torch.stack(loss).detach() * len(idx) / n
         if device.type == "cuda":
             torch.cuda.synchronize()
-        result.epoch_seconds.append(time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
         if epoch + 1 in score_at:
             model.eval()
             with torch.no_grad():
-                result.train_error[epoch + 1] = (model(x)[0].argmax(1) != y).float().mean().item()
-                result.eval_error[epoch + 1] = (model(ex)[0].argmax(1) != ey).float().mean().item()
-    result.train_loss, result.main_loss, result.aux_loss = history.T.tolist()
-    return result
+                logits[epoch + 1] = (model(x)[0], model(ex)[0])
+    return history, seconds, logits, model
 
 
 def default_block(variant, batch_size, device):
@@ -273,16 +306,20 @@ def default_block(variant, batch_size, device):
     return max(1, 400 // (2 * batch_size)) if variant.startswith("ConvNet") else 64
 
 
-def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoch=None):
-    """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k].
+def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoch=None, keep=False):
+    """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k]
+    (an ensemble fit: its members, each with datas[k], stacked beside each other).
 
-    Fits are stacked in blocks of `block` (one forward/backward each) and share one Adam step.
-    `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting)."""
+    Models are stacked in blocks of `block` (one forward/backward each) and share one Adam step.
+    `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting).
+    keep: each result's `model` is the trained fit as a PairsClassifier (on the CPU)."""
     if len(datas) != len(seeds) or not seeds:
         raise ValueError("fit_many needs one FitData per seed, and at least one")
     device = resolve_device(device)
     score_at = _score_at(cfg, score_at)
     block = block or default_block(cfg.variant, cfg.batch_size, device)
+    fits, m = len(seeds), cfg.ensemble  # from here on, each member is a stacked model of its own
+    datas, seeds = [d for d in datas for _ in range(m)], [s for seed in seeds for s in member_seeds(cfg, seed)]
     models = [init_model(cfg.variant, s, **cfg.model_options()) for s in seeds]
     K = len(models)
     slices = [slice(j, min(j + block, K)) for j in range(0, K, block)]
@@ -301,13 +338,13 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     block_rows = [torch.arange(sl.start, sl.stop, device=device)[:, None] for sl in slices]  # gather indices
 
     def errors(inputs, targets):
-        wrong = []
+        logits = []
         for net, sl in zip(nets, slices):
             chunk = max(1, (50000 if device.type == "cuda" else 20000) // net.k)  # bound the activations
-            wrong.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0].argmax(-1)
-                                    != targets[sl, i:i + chunk]
-                                    for i in range(0, inputs.shape[1], chunk)], 1))
-        return torch.cat(wrong).float().mean(1)
+            logits.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0]
+                                     for i in range(0, inputs.shape[1], chunk)], 1))
+        logits = torch.cat(logits).unflatten(0, (fits, m))  # fits x members x n x 2
+        return torch.stack([predict(f) for f in logits]).ne(targets[::m]).float().mean(1)
 
     history = torch.zeros(score_at[-1], K, 3, device=device)
     scores, seconds = {}, []
@@ -330,15 +367,18 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
             opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds.append((time.perf_counter() - start) / K)
+        seconds.append((time.perf_counter() - start) / fits)
         if epoch + 1 in score_at:
             with torch.no_grad():
                 scores[epoch + 1] = (errors(x, y), errors(ex, ey))
         if on_epoch:
             on_epoch(epoch + 1, score_at[-1])
-    history = history.permute(1, 2, 0).tolist()  # K x 3 x epochs
-    count = param_count(models[0])
-    return [FitResult(*history[k], list(seconds),
-                      {e: s[0][k].item() for e, s in scores.items()},
-                      {e: s[1][k].item() for e, s in scores.items()}, count)
-            for k in range(K)]
+    history = history.unflatten(1, (fits, m)).mean(2).permute(1, 2, 0).tolist()  # fits x 3 x epochs
+    count = param_count(models[0]) * m
+    results = [FitResult(*history[k], list(seconds), {e: s[0][k].item() for e, s in scores.items()},
+                         {e: s[1][k].item() for e, s in scores.items()}, count) for k in range(fits)]
+    if keep:
+        trained = [model.cpu() for net in nets for model in net.unstack()]
+        for k, r in enumerate(results):
+            r.model = PairsClassifier(trained[k * m:(k + 1) * m], *prepared[k * m][3]).eval()
+    return results

@@ -7,9 +7,10 @@ from pairs.models import PairNet, compare_digits, param_count
 from pairs.train import FitConfig, FitData, augment, fit, fit_many, shift_digits
 
 SINGLE = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
-          dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large")]
+          dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large"), dict(dropout=0.3),
+          dict(ensemble=3)]
 ALL = dict(normalize=True, batch_norm=True, shift=1, repair=True, head="digits", schedule="onecycle",
-           weight_decay=0.01, branch="large")
+           weight_decay=0.01, branch="large", dropout=0.2, ensemble=2)
 # each option on a shared-branch ConvNet with AL and a two-branch MLP; all of them together on four variants
 CASES = ([(v, o) for o in SINGLE for v in ("ConvNet_WS_AL", "MLP")]
          + [(v, ALL) for v in ("ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS")])
@@ -35,6 +36,22 @@ def test_stacked_equals_one_at_a_time_with_the_option(pairs_1000, variant, optio
         assert many.aux_loss == pytest.approx(one.aux_loss, rel=1e-3, abs=1e-4)
         assert abs(many.train_error[2] - one.train_error[2]) <= 2 / 120
         assert abs(many.eval_error[2] - one.eval_error[2]) <= 2 / 40
+
+
+@pytest.mark.parametrize("variant,options", [("ConvNet_WS_AL", ALL), ("MLP", dict(batch_norm=True, ensemble=2))])
+def test_stacked_models_come_back_as_the_plain_ones(pairs_1000, variant, options):
+    """The trained weights written back from the stacked tensors give the plain fit's model, and its
+    predictions are the ones the fit was scored by."""
+    cfg = FitConfig(variant, batch_size=40, epochs=2, **options)
+    data = fold_data(pairs_1000)[0]
+    many = fit_many(cfg, [data, data], [11, 12], keep=True)[0]
+    one = fit(cfg, data, 11)
+    raw = data.eval_input.float()
+    with torch.no_grad():
+        p_many, p_one = many.model(raw), one.model(raw)
+    torch.testing.assert_close(p_many, p_one, rtol=1e-3, atol=1e-4)
+    assert (p_many.argmax(1) != data.eval_target).float().mean().item() == pytest.approx(many.eval_error[2], abs=1e-6)
+    assert len(many.model.members) == cfg.ensemble and p_many.sum(1).allclose(torch.ones(len(raw)))
 
 
 def test_defaults_are_the_study():
@@ -86,6 +103,7 @@ def test_repairing_keeps_the_digits_and_targets_follow_classes(pairs_1000):
 def test_bad_options_are_clear_errors():
     for kwargs, message in ((dict(schedule="step"), "unknown schedule 'step'; choose from constant, cosine"),
                             (dict(head="mlp"), "unknown head 'mlp'"), (dict(shift=9), "shift 0..4"),
-                            (dict(weight_decay=-1.0), "weight_decay must be non-negative")):
+                            (dict(weight_decay=-1.0), "weight_decay must be non-negative"),
+                            (dict(dropout=1.0), r"dropout must be in \[0, 1\)"), (dict(ensemble=0), "ensemble 1..16")):
         with pytest.raises(ValueError, match=message):
             FitConfig("MLP", **kwargs)
