@@ -24,17 +24,18 @@ from prefect.exceptions import TerminationSignal
 
 from pairs import protocol as P
 from pairs import report as R
-from pairs.data import data_root, mnist_fingerprint
+from pairs.data import data_root, derive_seed, mnist_fingerprint
 from pairs.protocol import FitRecord
-from pairs.train import describe_machine, resolve_device
+from pairs.train import describe_machine, pack_model, resolve_device, unpack_model
 
-from .settings import check_inputs, signature
+from .settings import check_inputs, optuna_storage, signature
 from .tracking import Tracker
 
 # Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
               persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
 PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
+REGISTERED = "pairs-best"  # the registered model of the best selected configuration
 _attempts = {}
 
 
@@ -52,12 +53,15 @@ def _inject_failure(group):
             raise RuntimeError(f"injected failure, attempt {_attempts[spec]} of {times}")
 
 
+TRAINING_CODE = ("data.py", "models.py", "protocol.py", "stacked.py", "train.py")
+
+
 def code_version(package=Path(P.__file__).parent):
-    """SHA-256 over the library's sources and data files: any edit in pairs/ changes it."""
+    """SHA-256 over the library's modules that train (data, models, protocol, stacked, train): an edit in one
+    changes every fit's key; the report, statistics and study-file modules do not."""
     h = hashlib.sha256()
-    for p in sorted(package.rglob("*")):
-        if p.suffix in (".py", ".csv"):
-            h.update(str(p.relative_to(package)).encode() + p.read_bytes())
+    for name in TRAINING_CODE:
+        h.update(name.encode() + (package / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -101,10 +105,13 @@ def prepare_data(root):
 
 @task(task_run_name="{group.label}", **CACHED)
 def train(group, context, root, device, on_epoch=None):
-    """Train one group (a search cell or a final variant); an error names the group's fits."""
+    """Train one group (a search cell or a final variant): its fit records and, for a group that keeps them,
+    its trained models as text (pairs.train.pack_model). An error names the group's fits."""
     try:
         _inject_failure(group)
-        return [r.to_json() for r in P.train_group(group, root, device, on_epoch)]
+        models = []
+        records = P.train_group(group, root, device, on_epoch, models)
+        return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models]}
     except Exception as e:
         f = group.fits[-1]
         fits = f"rounds 0-{f.round}" + (f", folds 0-{f.folds - 1}" if f.folds else "")
@@ -113,8 +120,8 @@ def train(group, context, root, device, on_epoch=None):
 
 
 @task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
-def log_fits(tracker, records, parent_id, context, n):
-    return tracker.log_fits(records, parent_id, context)
+def log_fits(tracker, records, parent_id, context, n, models=None, example=None):
+    return tracker.log_fits(records, parent_id, context, models, example)
 
 
 @task(cache_policy=NO_CACHE)
@@ -135,18 +142,76 @@ def work(groups):
     return sum(len(g.fits) * g.fits[0].config.epochs for g in groups)
 
 
-def stage(name, groups, tracker, context, root, device, progress, artifacts):
-    """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts."""
-    run_id = tracker.child(name, {"pairs.stage": name})
+def train_groups(groups, parent_id, tracker, context, root, device, progress):
+    """Train groups (cached tasks) and log their fits, with the models a group keeps, under `parent_id`."""
     records, logged = [], []
     for group in groups:
         progress.begin(group)
-        got = [FitRecord.from_json(d) for d in train(group, context, root, device, progress.epoch)]
+        out = train(group, context, root, device, progress.epoch)
         progress.end(group)
-        logged.append(log_fits.submit(tracker, got, run_id, context, len(got)))
+        got = [FitRecord.from_json(d) for d in out["records"]]
+        models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
+        example = P.fit_data(got[0], root).eval_input[:3].float().numpy() if models else None
+        logged.append(log_fits.submit(tracker, got, parent_id, context, len(got), models, example))
         records += got
     [f.result() for f in logged]
+    return records
+
+
+def stage(name, groups, tracker, context, root, device, progress, artifacts):
+    """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts."""
+    run_id = tracker.child(name, {"pairs.stage": name})
+    records = train_groups(groups, run_id, tracker, context, root, device, progress)
     write_artifacts(tracker, run_id, name, lambda out: artifacts(records, out))
+    tracker.end(run_id)
+    return records
+
+
+def optuna_search(study, protocol, tracker, context, root, device, progress):
+    """An Optuna (TPE) search per architecture, `study.batch` trials asked at a time: each trial's groups train
+    as cached tasks and log their fits under the trial's MLflow run, then the trials are told their values
+    (the lowest mean validation error of their rows). The Optuna studies live in `optuna_storage()`; after a
+    crash the same command finds them, reuses every finished trial (its groups come from the cache) and
+    finishes the trials left running."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna_storage()
+    ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(context)], sort_keys=True,
+                                      default=str).encode()).hexdigest()[:12]
+    studies = {a: optuna.create_study(
+        study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage, load_if_exists=True, direction="minimize",
+        sampler=optuna.samplers.TPESampler(  # random for the first half (at most 10), a batch at a time
+            seed=derive_seed(protocol.seed, "optuna", a) % 2**32, constant_liar=True,
+            n_startup_trials=min(10, max(study.batch, study.trials // 2)))) for a in protocol.architectures}
+    run_id = tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
+    records, seen, running = [], set(), optuna.trial.TrialState.RUNNING
+    while True:
+        batch = []  # (architecture, trial, candidate, to tell): the trials of earlier calls first
+        for a, s in studies.items():
+            for t in s.get_trials(deepcopy=False):
+                if (a, t.number) not in seen:
+                    live = optuna.trial.Trial(s, t._trial_id) if t.state == running else t
+                    batch.append((a, t.number, study.suggest(live, a), t.state == running))
+            for _ in range(min(study.batch, study.trials - len(s.trials))):
+                t = s.ask()
+                batch.append((a, t.number, study.suggest(t, a), True))
+        if not batch:
+            break
+        for a, number, candidate, tell in batch:
+            seen.add((a, number))
+            name = f"trial {a} {number}"
+            trial_run = tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
+            got = train_groups(P.search_groups(protocol, [candidate]), trial_run, tracker, context, root, device,
+                               progress)
+            best = min(P.search_table(got), key=lambda r: r["val_error_mean"])
+            if tell:
+                studies[a].tell(number, best["val_error_mean"])
+            tracker.end_trial(trial_run, best)
+            print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
+                  f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
+            records += got
+    write_artifacts(tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
     tracker.end(run_id)
     return records
 
@@ -192,6 +257,29 @@ def run_meta(device, seconds):
             else "started directly"}
 
 
+def register_champion(tracker, search, final_groups, selection, study, context):
+    """Register round 0's model of the selected configuration with the lowest CV error as `pairs-best`, tagged
+    with its CV and test errors; it becomes `champion` unless the holder has a lower CV error."""
+    rows = P.search_table(search)
+    cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
+        r.get(k) == v for k, v in s.items() if k in r)) for a, s in selection.items()}
+    arch = min(cv, key=cv.get)
+    group = next(g for g in final_groups if g.keep and P.parse(g.fits[0].variant)[0] == arch)
+    fit = group.fits[0]
+    run_id = tracker.fit_runs.get(fit.key(context))
+    if run_id is None:
+        return
+    test = [tracker.client.get_run(tracker.fit_runs[f.key(context)]).data.metrics["test_error"] for f in group.fits]
+    tags = {"cv_error": cv[arch], "test_error": test[0], "test_error_mean": sum(test) / len(test),
+            "rounds": len(test), "variant": fit.variant, "study": Path(study.path).stem or "profile grid",
+            "pipeline_run": tracker.run_id}
+    version, promoted = tracker.register(run_id, REGISTERED, tags)
+    print(f"[registry] {REGISTERED} version {version.version}: {fit.variant}, CV error {100 * cv[arch]:.2f}%, "
+          f"round 0 test error {100 * test[0]:.2f}%" + {True: "; alias champion", None: " (registered before)",
+                                                         False: "; the champion keeps its lower CV error"}[promoted],
+          flush=True)
+
+
 def _report(run, write):
     """A report writer that adds run.json (protocol, study, selection, machine), from which
     `python -m flows report RUN_ID` rebuilds the report."""
@@ -227,23 +315,28 @@ def _run(protocol, study, run, root, device, tracker):
         return {"run_id": tracker.run_id}
     if study.arms:
         return _arms(protocol, study, run, root, device, tracker, context, started)
-    candidates = study.candidates()
+    candidates = study.candidates() if study.method == "grid" else [{}] * study.trials  # optuna: a guess
     search_groups, n_final = P.search_groups(protocol, candidates), protocol.fits()[1]
     n_search = sum(len(g.fits) for g in search_groups)
     if run.until == "search":
         n_final = 0
     guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
     progress = Progress(work(search_groups) + guess, n_search + n_final)
-    search = stage("search", search_groups, tracker, context, root, device, progress, R.search_artifacts)
+    if study.method == "optuna":
+        search = optuna_search(study, protocol, tracker, context, root, device, progress)
+    else:
+        search = stage("search", search_groups, tracker, context, root, device, progress, R.search_artifacts)
     selection = select(search)
-    tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()})
+    tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()}
+                       | {f"final.{k}": v for k, v in study.final.items()})
     print(f"[select] {selection}", flush=True)
     if run.until == "search":
         return {"run_id": tracker.run_id, "selection": selection}
 
-    final_groups = P.final_groups(protocol, selection)
+    final_groups = P.final_groups(protocol, {a: s | study.final for a, s in selection.items()})
     progress.work += work(final_groups) - guess
     final = stage("final", final_groups, tracker, context, root, device, progress, R.final_artifacts)
+    register_champion(tracker, search, final_groups, selection, study, context)
     if run.until == "final":
         return {"run_id": tracker.run_id, "selection": selection}
 

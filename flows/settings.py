@@ -172,6 +172,15 @@ def tracking_uri():
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
 
 
+def optuna_storage():
+    """Where Optuna keeps its studies: a SQLite file beside a SQLite MLflow store (mlruns/optuna.db), else
+    .cache/optuna.db in the project."""
+    db = sqlite_path(tracking_uri())
+    path = db.parent / "optuna.db" if db else ROOT / ".cache" / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
 def sqlite_path(uri):
     """The database file of a sqlite:/// URI, else None (a server or another store)."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None

@@ -13,6 +13,7 @@ group's check-then-log, so two pipelines on one store neither corrupt it nor log
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import socket
@@ -28,6 +29,8 @@ from pairs.models import parse
 from .settings import sqlite_path, tracking_uri
 
 PARENT = "mlflow.parentRunId"
+PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
+REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
 
 
 def download_artifacts(run_id, names, folder):
@@ -58,7 +61,7 @@ class Tracker:
         if self.db:
             self.db.parent.mkdir(parents=True, exist_ok=True)
         self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid())}
-        self.open = []
+        self.open, self.fit_runs = [], {}  # fit key -> its run, for the fits logged or found by this tracker
         with self.lock():
             self.client = MlflowClient(self.uri)
             attached = os.environ.get("MLFLOW_RUN_ID")
@@ -120,20 +123,80 @@ class Tracker:
         for run_id in reversed(list(self.open)):
             self.end(run_id, status)
 
-    def log_fits(self, records, parent_id, context):
-        """One run per fit record, in one batch each; fits already FINISHED here are skipped. Returns run ids."""
+    def trial_run(self, name, key, parent_id, params):
+        """The run of an Optuna trial (its fits are nested in it); the FINISHED one of an earlier call if any."""
+        with self.lock():
+            found = self.client.search_runs([self.experiment_id], f"tags.`pairs.trial` = '{key}' AND "
+                                            "attributes.status = 'FINISHED'", max_results=1)
+            if found:
+                return found[0].info.run_id
+            run_id = self._create(name, {PARENT: parent_id, "pairs.trial": key})
+            self.log_params(run_id, params)
+        return run_id
+
+    def end_trial(self, run_id, best):
+        """A trial's value: its lowest mean validation error, and the batch size and epochs it was reached at."""
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric("val_error", best["val_error_mean"], now, 0)],
+                              params=[Param(f"best_{k}", str(best[k])) for k in ("batch_size", "epochs")])
+        self.end(run_id)
+
+    def log_fits(self, records, parent_id, context, models=None, example=None):
+        """One run per fit record, in one batch each; fits already FINISHED here are skipped. With `models`
+        (one per record), each is logged to its fit's run (`log_model`). Returns run ids."""
         keys = [r.key(context) for r in records]
         group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
         with self.lock():
             done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in self.client.search_runs(
                 [self.experiment_id], f"tags.`pairs.group` = '{group}' AND attributes.status = 'FINISHED'",
                 max_results=50000)}
-            for r, key in zip(records, keys):
+            for r, key, model in zip(records, keys, models or [None] * len(records)):
                 if key not in done:
-                    done[key] = self._log_fit(r, parent_id, key, group, context)
+                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example)
+        self.fit_runs.update(zip(keys, (done[k] for k in keys)))
         return [done[k] for k in keys]
 
-    def _log_fit(self, r, parent_id, key, group, context):
+    def log_model(self, run_id, model, example):
+        """`model` (a pairs.models.PairsClassifier) as the run's MLflow model: float32 N x 2 x 14 x 14 raw pixels
+        in, N x 2 pair probabilities out; the pairs package travels with it. Returns the model's URI."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            out = model(torch.from_numpy(example)).numpy()
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, out),
+                                            input_example=example, code_paths=[str(PACKAGE)],
+                                            pip_requirements=REQUIREMENTS)
+        return info.model_uri
+
+    def register(self, run_id, name, tags):
+        """Register the fit run's model as a new version of `name`; it takes the alias `champion` when no
+        version holds it or the holder's CV error (its `cv_error` tag) is higher. Returns (version, promoted)."""
+        import mlflow
+
+        uri = self.client.get_run(run_id).data.tags["pairs.model_uri"]
+        mlflow.set_tracking_uri(self.uri)
+        with self.lock():
+            known = self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+            if known:  # a rerun of a finished pipeline: its model is registered already
+                return known[0], None
+            version = mlflow.register_model(uri, name, tags={k: str(v) for k, v in tags.items()})
+            try:
+                holder = self.client.get_model_version_by_alias(name, "champion")
+                promoted = float(holder.tags.get("cv_error", "inf")) > float(tags["cv_error"])
+            except mlflow.exceptions.MlflowException:
+                promoted = True
+            if promoted:
+                self.client.set_registered_model_alias(name, "champion", version.version)
+        return version, promoted
+
+    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count."""
         arch, ws, al = parse(r.variant)
         name = f"{r.stage} {r.variant} b{r.config.batch_size} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
@@ -155,6 +218,8 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])
         self.client.log_inputs(run_id, [_dataset(r, context)])
+        if model is not None:
+            self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
         self.end(run_id)
         return run_id
 

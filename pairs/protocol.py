@@ -152,6 +152,7 @@ class Group:
     """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
     fits: tuple[Fit, ...]
     name: str = ""  # an arm's name, shown in the label; not part of the key
+    keep: bool = False  # training returns the fits' models too (a selected configuration's final rounds)
 
     @property
     def label(self):
@@ -169,31 +170,49 @@ class Group:
 
 
 def search_groups(protocol, candidates=({},)):
-    """The search's units of work: one Group per (architecture, batch size, candidate options), rounds x folds
-    fits each, scored at every epoch count. With a learning-rate schedule the first 25 epochs of a 50-epoch
-    fit are not a 25-epoch fit, so each epoch count is then a group of its own. Fits see training pairs only."""
-    p, epochs, groups = protocol, sorted(set(protocol.epochs)), []
-    for arch, batch, options in itertools.product(p.architectures, p.batch_sizes, candidates):
+    """The search's units of work: one Group per (architecture, candidate, batch size), rounds x folds fits
+    each, scored at every epoch count. A candidate holds Training options and may name its `variant` (of
+    that architecture; others are skipped), `batch_size` and `epochs`, else the protocol's grid is used.
+    With a learning-rate schedule the first 25 epochs of a 50-epoch fit are not a 25-epoch fit, so each
+    epoch count is then a group of its own. Fits see training pairs only."""
+    p, groups = protocol, []
+    for arch, options in itertools.product(p.architectures, candidates):
+        options = dict(options)
+        variant = options.pop("variant", arch)
+        if parse(variant)[0] != arch:
+            continue
+        batches = [options.pop("batch_size")] if "batch_size" in options else p.batch_sizes
+        epochs = [options.pop("epochs")] if "epochs" in options else sorted(set(p.epochs))
         training = p.training() | options
         runs = [tuple(epochs)] if training["schedule"] == "constant" else [(e,) for e in epochs]
         groups += [Group(tuple(
-            Fit("search", FitConfig(arch, batch, max(score_at), **training), rnd, fold,
+            Fit("search", FitConfig(variant, batch, max(score_at), **training), rnd, fold,
                 derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
                 p.folds, derive_seed(p.seed, "search", rnd, "folds"), score_at)
-            for rnd in range(p.search_rounds) for fold in range(p.folds))) for score_at in runs]
+            for rnd in range(p.search_rounds) for fold in range(p.folds))) for batch in batches for score_at in runs]
     return groups
+
+
+def final_variants(protocol, selection):
+    """The variants of the final evaluation: the protocol's, or an architecture's selected variant when the
+    search chose one."""
+    chosen = [s["variant"] for s in selection.values() if "variant" in s]
+    return [v for v in protocol.variants if "variant" not in selection[parse(v)[0]]] + chosen
 
 
 def final_groups(protocol, selection, name=""):
     """The final evaluation's units of work: one Group per variant, at its architecture's selection
-    ({architecture: {batch_size, epochs, options...}}); every variant and arm on the same rounds."""
+    ({architecture: {batch_size, epochs, options...}}); every variant and arm on the same rounds. The groups
+    of the selected configurations (an architecture's searched variant) keep their trained models."""
     p, groups = protocol, []
-    for variant in p.variants:
-        chosen = dict(selection[parse(variant)[0]])
+    for variant in final_variants(p, selection):
+        arch = parse(variant)[0]
+        chosen = {k: v for k, v in selection[arch].items() if k != "variant"}
         cfg = FitConfig(variant, chosen.pop("batch_size"), chosen.pop("epochs"), **(p.training() | chosen))
+        keep = not name and variant == selection[arch].get("variant", arch)
         groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(p.seed, "final", rnd), p.pairs,
                                       derive_seed(p.seed, "final", rnd, "pairs"), score_at=(cfg.epochs,))
-                                  for rnd in range(p.final_rounds)), name))
+                                  for rnd in range(p.final_rounds)), name, keep))
     return groups
 
 
@@ -222,41 +241,51 @@ def fit_data(fit, root=None):
     return FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr], p.train_input[va], p.train_target[va])
 
 
-def train_group(group, root=None, device="cpu", on_epoch=None):
-    """Train a Group's fits stacked; one FitRecord per fit, in the group's order.
+def train_group(group, root=None, device="cpu", on_epoch=None, models=None):
+    """Train a Group's fits stacked; one FitRecord per fit, in the group's order. With a list `models` and a
+    group that keeps them, each fit's trained PairsClassifier is appended to it, in the same order.
 
     `on_epoch(epoch, epochs, n)`, if given, is called when n fits have trained their epoch-th epoch."""
     fits = group.fits
     datas = [fit_data(f, root) for f in fits]
-    records = [None] * len(fits)
+    records, trained = [None] * len(fits), [None] * len(fits)
     # folds of unequal size cannot share one stack: group fits by training-set size
     for size in sorted({len(d.train_target) for d in datas}):
         idx = [i for i, d in enumerate(datas) if len(d.train_target) == size]
         results = fit_many(fits[0].config, [datas[i] for i in idx], [fits[i].seed for i in idx],
-                           fits[0].score_at, device, on_epoch=on_epoch and (lambda e, n, k=len(idx): on_epoch(e, n, k)))
+                           fits[0].score_at, device, on_epoch=on_epoch and (lambda e, n, k=len(idx): on_epoch(e, n, k)),
+                           keep=group.keep and models is not None)
         for i, r in zip(idx, results):
+            trained[i] = r.model
             records[i] = FitRecord(**{f.name: getattr(fits[i], f.name) for f in fields(Fit)},
                                    train_loss=tuple(r.train_loss), main_loss=tuple(r.main_loss),
                                    aux_loss=tuple(r.aux_loss), param_count=r.param_count, s_per_epoch=r.s_per_epoch,
                                    scores=tuple((e, r.train_error[e], r.eval_error[e]) for e in sorted(r.train_error)))
+    if group.keep and models is not None:
+        models += trained
     return records
 
 
 def searched_options(records):
-    """The training options that differ between these records (the searched ones)."""
-    return [k for k in DEFAULT.training() if len({getattr(r.config, k) for r in records}) > 1]
+    """The settings a selection must carry besides batch size and epochs: the variant (where the search had
+    another than an architecture's base variant) and every training option not at the study's default in
+    some record (whether searched or set for all)."""
+    variants = _groupby(records, lambda r: parse(r.variant)[0]).values()
+    searched = any(len({r.variant for r in rs}) > 1 or rs[0].variant != parse(rs[0].variant)[0] for rs in variants)
+    return ((["variant"] if searched else [])
+            + [k for k in DEFAULT.training() if {getattr(r.config, k) for r in records} != {getattr(DEFAULT, k)}])
 
 
 def search_table(records):
     """Table 1 rows: per (architecture, batch size, searched options, epochs) the mean/std of train and
     validation error over the rounds x folds fits."""
     rows, options = [], searched_options(records)
-    cell = lambda r: (r.variant, r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
-    for (variant, batch, *values), group in _groupby(records, cell).items():
+    cell = lambda r: (parse(r.variant)[0], r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
+    for (arch, batch, *values), group in _groupby(records, cell).items():
         for e in sorted({e for r in group for e in r.train_error}):
             scored = [r for r in group if e in r.train_error]
             tr, va = mean_std([r.train_error[e] for r in scored]), mean_std([r.eval_error[e] for r in scored])
-            rows.append({"architecture": variant, "batch_size": batch, **dict(zip(options, values)), "epochs": e,
+            rows.append({"architecture": arch, "batch_size": batch, **dict(zip(options, values)), "epochs": e,
                          "fits": len(scored), "train_error_mean": tr[0], "train_error_std": tr[1],
                          "val_error_mean": va[0], "val_error_std": va[1]})
     return rows

@@ -6,8 +6,18 @@
     [search]              # optional: without it, the protocol's own grid (batch_sizes x epochs)
     method = "grid"       # every combination of the space, beside batch_sizes, scored at every epoch count
     budget = 24           # the most candidates per architecture the grid may have
-    [search.space]        # Training options searched, each a non-empty list of values
-    normalize = [false, true]
+    [search.space]        # Training options searched, each a non-empty list of values; also `variant`
+    normalize = [false, true]   # (variants of the searched architectures), `batch_size` and `epochs`
+
+    [search]              # or: Optuna (TPE), per architecture, `batch` trials asked at a time
+    method = "optuna"
+    trials = 24           # trials per architecture
+    batch = 4
+    [search.space]        # lists are categorical; a range is {low = 1e-4, high = 1e-2, log = true}
+    lr = {low = 3e-4, high = 3e-3, log = true}
+
+    [final]               # optional, with a search: options changed for the final rounds only
+    ensemble = 3          # e.g. select single models, then evaluate (and deploy) ensembles of the selection
 
     [[arm]]               # or, instead of a search: fixed configurations, all on the same final rounds
     name = "faithful"     # the first arm sets batch_size and epochs per architecture
@@ -22,17 +32,18 @@ in a file is one line naming the file, the key and what is allowed, raised befor
 """
 import itertools
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, VARIANTS, parse
 from .protocol import Protocol
 from .train import FitConfig, Training
 
 SHIPPED = Path(__file__).resolve().parent.parent / "studies"
-METHODS = ("grid",)
+METHODS = ("grid", "optuna")
 OPTIONS = tuple(f.name for f in fields(Training))
 FIT = ("batch_size", "epochs")
+SEARCHED = OPTIONS + FIT + ("variant",)
 
 
 class StudyError(ValueError):
@@ -44,13 +55,30 @@ class Study:
     path: str
     description: str
     protocol: dict  # Protocol settings from the file
-    space: tuple = ()  # ((option, (values...)), ...): searched beside batch size and epochs
+    space: tuple = ()  # ((option, (values...) or {low, high, log}), ...): searched beside batch size and epochs
     arms: tuple = ()  # ((name, {architecture: {batch_size, epochs, options...}}), ...): no search
+    method: str = "grid"
+    trials: int = 0  # optuna: trials per architecture
+    batch: int = 1  # optuna: trials asked (and trained) together
+    final: dict = field(default_factory=dict)  # Training options set on the selection for the final rounds
 
     def candidates(self):
         """The option combinations of the search space ({} when it has none)."""
         names = [n for n, _ in self.space]
         return [dict(zip(names, values)) for values in itertools.product(*(v for _, v in self.space))]
+
+    def suggest(self, trial, architecture):
+        """An Optuna trial's candidate for one architecture (the variants of that architecture only)."""
+        out = {}
+        for name, values in self.space:
+            if isinstance(values, dict):
+                ints = all(isinstance(values[k], int) for k in ("low", "high"))
+                out[name] = (trial.suggest_int if ints else trial.suggest_float)(
+                    name, values["low"], values["high"], log=values.get("log", False))
+            else:
+                out[name] = trial.suggest_categorical(name, [v for v in values if name != "variant"
+                                                             or parse(v)[0] == architecture])
+        return out
 
 
 def resolve(name_or_path):
@@ -75,7 +103,7 @@ def load(name_or_path):
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise StudyError(f"{path}: not valid TOML ({e})") from None
-    _only(doc, ("description", "protocol", "search", "arm"), "", fail)
+    _only(doc, ("description", "protocol", "search", "arm", "final"), "", fail)
     protocol = doc.get("protocol", {})
     _only(protocol, [f.name for f in fields(Protocol)], "protocol.", fail)
     protocol = {k: tuple(v) if isinstance(v, list) else v for k, v in protocol.items()}
@@ -87,6 +115,12 @@ def load(name_or_path):
     if "search" in doc and "arm" in doc:
         fail("arm", "a study has either a [search] or arms, not both")
     study = Study(str(path), doc.get("description", ""), protocol)
+    final = doc.get("final", {})
+    _only(final, OPTIONS, "final.", fail)
+    _check_options(final, "final", fail)
+    if final and "arm" in doc:
+        fail("final", "a study of arms sets its options in each arm")
+    study = replace(study, final=final)
     if "search" in doc:
         return _search(study, doc["search"], fail)
     if "arm" in doc:
@@ -108,26 +142,64 @@ def _check_options(options, key, fail):
 
 
 def _search(study, search, fail):
-    _only(search, ("method", "budget", "space"), "search.", fail)
-    if search.get("method", "grid") not in METHODS:
-        fail("search.method", f"{search['method']!r} is not a method; allowed: {', '.join(METHODS)}")
-    budget = search.get("budget")
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
-        fail("search.budget", f"must be a positive integer, got {budget!r}")
+    _only(search, ("method", "budget", "space", "trials", "batch"), "search.", fail)
+    method = search.get("method", "grid")
+    if method not in METHODS:
+        fail("search.method", f"{method!r} is not a method; allowed: {', '.join(METHODS)}")
+    for key in ("budget", "trials", "batch"):
+        value = search.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            fail(f"search.{key}", f"must be a positive integer, got {value!r}")
+    if method == "optuna" and "trials" not in search:
+        fail("search.trials", "an optuna search needs the number of trials per architecture")
+    if method == "grid" and ("trials" in search or "batch" in search):
+        fail("search.trials" if "trials" in search else "search.batch", "only an optuna search has trials")
+    protocol = Protocol(**study.protocol)
     space = search.get("space", {})
-    _only(space, OPTIONS, "search.space.", fail)
+    _only(space, SEARCHED, "search.space.", fail)
     for name, values in space.items():
-        if not isinstance(values, list) or not values:
-            fail(f"search.space.{name}", f"must be a non-empty list of values, got {values!r}")
-        if len(values) == 1:
-            fail(f"search.space.{name}", f"one value is not a search: set it in [protocol] ({name} = {values[0]!r})")
+        key = f"search.space.{name}"
+        if isinstance(values, dict) and method == "optuna":
+            _only(values, ("low", "high", "log"), key + ".", fail)
+            low, high = values.get("low"), values.get("high")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+                fail(key, f"a range needs numbers low < high, got low={low!r}, high={high!r}")
+            if values.get("log") and low <= 0:
+                fail(key, f"a log range needs low > 0, got {low!r}")
+            values = [low, high]
+        elif not isinstance(values, list) or not values:
+            fail(key, f"must be a non-empty list of values{' or a range {low, high, log}' * (method == 'optuna')}, "
+                      f"got {values!r}")
+        elif len(values) == 1:
+            fail(key, f"one value is not a search: set it in [protocol] ({name} = {values[0]!r})")
         for v in values:
-            _check_options({name: v}, f"search.space.{name}", fail)
-    study = Study(study.path, study.description, study.protocol, tuple((n, tuple(v)) for n, v in space.items()))
-    grid = len(study.candidates()) * len(study.protocol.get("batch_sizes", Protocol().batch_sizes))
-    if budget is not None and grid > budget:
-        fail("search.budget", f"the grid has {grid} candidates per architecture, more than the budget {budget}")
+            _check_value(protocol, name, v, key, fail)
+    if "variant" in space:
+        missing = [a for a in protocol.architectures if not any(parse(v)[0] == a for v in space["variant"])]
+        if missing:
+            fail("search.space.variant", f"no variant of {', '.join(missing)}, a searched architecture")
+    space = tuple((n, v if isinstance(v, dict) else tuple(v)) for n, v in space.items())
+    study = replace(study, space=space, method=method, trials=search.get("trials", 0), batch=search.get("batch", 1))
+    if method == "grid":
+        grid = len(study.candidates()) * len(study.protocol.get("batch_sizes", Protocol().batch_sizes))
+        if search.get("budget") is not None and grid > search["budget"]:
+            fail("search.budget", f"the grid has {grid} candidates per architecture, more than the budget "
+                                  f"{search['budget']}")
     return study
+
+
+def _check_value(protocol, name, value, key, fail):
+    if name == "variant":
+        if value not in VARIANTS or parse(value)[0] not in protocol.architectures:
+            fail(key, f"{value!r} is not a variant of the searched architectures "
+                      f"({', '.join(protocol.architectures)}); variants: {', '.join(VARIANTS)}")
+    elif name in FIT:
+        try:
+            protocol.with_(**{name + "s" if name == "batch_size" else name: (value,)})
+        except (TypeError, ValueError) as e:
+            fail(key, str(e))
+    else:
+        _check_options({name: value}, key, fail)
 
 
 def _arms(study, arms, fail):
