@@ -41,12 +41,12 @@ _attempts = {}
 
 def _inject_failure(group):
     """Test hook: PAIRS_INJECT_FAILURE="stage:variant:round:fold:times" fails the group holding that fit
-    `times` times (a passing failure when below the retries, a lasting one above)."""
+    `times` times (a passing failure when below the retries, a lasting one above); "-": any variant or fold."""
     spec = os.environ.get("PAIRS_INJECT_FAILURE")
     if not spec:
         return
     s, v, r, f, times = spec.split(":")
-    if any((fit.stage, fit.variant, fit.round) == (s, v, int(r)) and (f == "-" or fit.fold == int(f))
+    if any((fit.stage, fit.round) == (s, int(r)) and v in ("-", fit.variant) and (f == "-" or fit.fold == int(f))
            for fit in group.fits):
         _attempts[spec] = _attempts.get(spec, 0) + 1
         if _attempts[spec] <= int(times):

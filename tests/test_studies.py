@@ -43,7 +43,7 @@ def test_a_search_space_multiplies_the_grid(tmp_path):
     assert len(study.candidates()) == 4
     groups = P.search_groups(PROFILES["quick"], study.candidates())
     assert len(groups) == 2 * 2 * 4
-    assert groups[2].label == "search ConvNet batch 25 normalize=True"
+    assert groups[4].label == "search ConvNet batch 25 normalize=True"
 
 
 BAD = [
@@ -52,11 +52,26 @@ BAD = [
     ("[protocol]\nfold = 3", "protocol.fold: unknown key; allowed: lr,"),
     ("[protocol]\nfolds = 0", "protocol.folds: folds must be a positive integer, got 0"),
     ("[search]\nbudget = 0", "search.budget: must be a positive integer, got 0"),
-    ("[search]\nmethod = 'random'", "search.method: 'random' is not a method; allowed: grid"),
+    ("[search]\nmethod = 'random'", "search.method: 'random' is not a method; allowed: grid, optuna"),
+    ("[search]\nmethod = 'optuna'", "search.trials: an optuna search needs the number of trials"),
+    ("[search]\ntrials = 4", "search.trials: only an optuna search has trials"),
+    ("[search]\nmethod = 'optuna'\ntrials = 0", "search.trials: must be a positive integer, got 0"),
+    ("[search]\nmethod = 'optuna'\ntrials = 2\n[search.space]\nlr = {low = 0.01, high = 0.001}",
+     "search.space.lr: a range needs numbers low < high, got low=0.01, high=0.001"),
+    ("[search]\nmethod = 'optuna'\ntrials = 2\n[search.space]\nlr = {low = 0.0, high = 0.1, log = true}",
+     "search.space.lr: a log range needs low > 0"),
+    ("[search]\nmethod = 'optuna'\ntrials = 2\n[search.space]\ndropout = {low = 0.1, high = 1.5}",
+     "search.space.dropout: dropout must be in [0, 1)"),
+    ("[search.space]\nlr = {low = 0.001, high = 0.01}", "search.space.lr: must be a non-empty list of values, got"),
+    ("[search.space]\nvariant = ['ConvNet_WS', 'MLP_XL']", "search.space.variant: 'MLP_XL' is not a variant"),
+    ("[search.space]\nvariant = ['ConvNet_WS', 'ConvNet']", "search.space.variant: no variant of MLP, a searched"),
+    ("[search.space]\nbatch_size = [25, 5000]", "search.space.batch_size: batch size 5000 is larger than a fold"),
+    ("[final]\nensembel = 3", "final.ensembel: unknown key; allowed: lr,"),
+    ("[final]\nensemble = 0", "final: dropout must be in [0, 1) and ensemble 1..16, got 0.0 and 0"),
     ("[search.space]\nnormalize = []", "search.space.normalize: must be a non-empty list of values, got []"),
     ("[search.space]\nnormalize = [true]", "search.space.normalize: one value is not a search: set it in [protocol]"),
     ("[protocol]\naux_weight = true", "protocol.aux_weight: aux_weight must be float, got True"),
-    ("[search.space]\ndropout = [0.1]", "search.space.dropout: unknown key; allowed: lr, aux_weight"),
+    ("[search.space]\ndropuot = [0.1, 0.2]", "search.space.dropuot: unknown key; allowed: lr, aux_weight"),
     ("[search.space]\nschedule = ['constant', 'step']", "search.space.schedule: unknown schedule 'step'; choose from constant"),
     ("[search]\nbudget = 5\n[search.space]\nnormalize = [false, true]",
      "search.budget: the grid has 6 candidates per architecture, more than the budget 5"),
@@ -78,7 +93,7 @@ def test_a_bad_study_file_is_one_line_naming_file_and_key(tmp_path, text, messag
 
 
 def test_an_unknown_study_name_lists_the_shipped_ones():
-    with pytest.raises(studies.StudyError, match="no such file; shipped studies: al_gap, faithful"):
+    with pytest.raises(studies.StudyError, match="no such file; shipped studies: al_gap, extended, faithful"):
         studies.load("al_gap_v2")
 
 
@@ -120,9 +135,10 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
 TINY = dict(pairs=100, folds=2, batch_sizes=[25], final_rounds=2)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in studies.SHIPPED.glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in studies.SHIPPED.glob("*.toml") if p.stem != "extended"))
 def test_a_quick_run_of_each_shipped_study(prefect_env, data_dir, store, tmp_path, name):
-    """Every shipped file runs end to end through Prefect and MLflow (tiny counts from the flags)."""
+    """Every shipped file runs end to end through Prefect and MLflow (tiny counts from the flags; the extended
+    study's run is the next test)."""
     import pandas as pd
     from flows.pipeline import pipeline
     study = studies.load(name)
@@ -137,3 +153,74 @@ def test_a_quick_run_of_each_shipped_study(prefect_env, data_dir, store, tmp_pat
         assert all(arm in report for arm, _ in study.arms)
     else:
         assert "## Table 2" in report and set(result["selection"]) == {"ConvNet", "MLP"}
+
+
+@pytest.mark.slow
+def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(prefect_env, data_dir, store, tmp_path,
+                                                                             monkeypatch):
+    """The shipped extended study (2 trials per architecture, 1-2 epochs): a crash in the search, then one in the
+    final rounds; each rerun finishes the trials left running or reuses the finished ones (no fit trained or
+    logged twice); the champion it registers answers `mlflow models predict`."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    import mlflow
+    import optuna
+    from flows.pipeline import REGISTERED, pipeline
+    from flows.tracking import PARENT
+    text = (studies.SHIPPED / "extended.toml").read_text()
+    tiny = re.sub(r"\ntrials = \d+", "\ntrials = 2", re.sub(r"\nepochs = \[[^]]*\]", "\nepochs = [1, 2]", text))
+    assert tiny.count("trials = 2") == 1 and tiny.count("epochs = [1, 2]") == 1
+    (tmp_path / "extended.toml").write_text(tiny)
+    flags = dict(study=str(tmp_path / "extended.toml"), data_dir=data_dir, experiment="extended", pairs=300, folds=2,
+                 final_rounds=2, batch_sizes=[25])
+    for failure in ("search:-:0:0:99", "final:-:0:-:99"):  # a lasting failure: every retry fails
+        monkeypatch.setenv("PAIRS_INJECT_FAILURE", failure)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            pipeline(**flags)
+        if failure.startswith("search"):
+            storage = store.get_run(store.search_runs([store.get_experiment_by_name("extended").experiment_id],
+                                                      "tags.`pairs.stage` = 'search'")[0].info.run_id
+                                    ).data.tags["pairs.optuna_storage"]
+            assert storage == f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"  # beside the MLflow store
+            left = [t for s in optuna.get_all_study_summaries(storage) for t in
+                    optuna.load_study(study_name=s.study_name, storage=storage).trials]
+            assert left and all(t.state == optuna.trial.TrialState.RUNNING for t in left)
+    monkeypatch.delenv("PAIRS_INJECT_FAILURE")
+    result = pipeline(**flags)
+
+    summaries = optuna.get_all_study_summaries(storage)
+    assert sorted(s.study_name.split("-")[1] for s in summaries) == ["ConvNet", "MLP"]
+    for s in summaries:  # exactly the asked trials, all finished: none asked again by a rerun
+        assert [t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials] == \
+            ["COMPLETE"] * 2
+    exp = store.get_experiment_by_name("extended").experiment_id
+    trials = store.search_runs([exp], "tags.`pairs.trial` != '' AND attributes.status = 'FINISHED'")
+    assert len({t.data.tags["pairs.trial"] for t in trials}) == len(trials) == 4  # the crashed call's run: FAILED
+    assert all("val_error" in t.data.metrics for t in trials)
+    fits = store.search_runs([exp], "tags.`pairs.fit_key` != '' AND attributes.status = 'FINISHED'", max_results=1000)
+    keys = [f.data.tags["pairs.fit_key"] for f in fits]
+    assert len(keys) == len(set(keys))  # no fit logged twice
+    search = [f for f in fits if f.data.params["stage"] == "search"]
+    assert {f.data.tags[PARENT] for f in search} == {t.info.run_id for t in trials}  # fits nested in their trial
+    final = [f for f in fits if f.data.params["stage"] == "final"]
+    assert {f.data.params["ensemble"] for f in final} == {"3"} and len(final) == 2 * 2  # the two selections
+    assert all("pairs.model_uri" in f.data.tags for f in final)
+
+    champion = store.get_model_version_by_alias(REGISTERED, "champion")
+    assert champion.tags["pipeline_run"] == result["run_id"] and float(champion.tags["cv_error"]) < 0.5
+    info = mlflow.models.get_model_info(f"models:/{REGISTERED}@champion")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 2, 14, 14)}
+    pairs = P.pair_sets(5, 1, data_dir)
+    sample = tmp_path / "pairs.json"
+    sample.write_text(json.dumps({"inputs": pairs.test_input.float().tolist()}))
+    out = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", f"models:/{REGISTERED}@champion",
+                          "-i", str(sample), "-t", "json", "--env-manager", "local"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    predicted = json.loads(out.stdout.strip().splitlines()[-1])["predictions"]
+    local = mlflow.pyfunc.load_model(f"models:/{REGISTERED}@champion").predict(pairs.test_input.float().numpy())
+    assert len(predicted) == 5 and sum(predicted, []) == pytest.approx(sum(local.tolist(), []), abs=1e-6)
+    assert all(sum(p) == pytest.approx(1, abs=1e-5) for p in predicted)
