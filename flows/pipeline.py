@@ -8,15 +8,19 @@ persisted under .cache/prefect: a rerun with nothing changed reuses every finish
 after a crash redoes only unfinished groups. Fit logging is not cached but idempotent (see
 flows.tracking), and runs in Prefect's thread pool so it overlaps the next group's training.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shlex
+import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
@@ -24,7 +28,7 @@ from prefect.exceptions import TerminationSignal
 
 from pairs import protocol as P
 from pairs import report as R
-from pairs.data import data_root, derive_seed, mnist_fingerprint
+from pairs.data import DataError, check_mnist, data_root, derive_seed, mnist_fingerprint
 from pairs.protocol import FitRecord
 from pairs.train import describe_machine, pack_model, resolve_device, unpack_model
 
@@ -83,10 +87,13 @@ class Progress:
         if time.time() - self.last >= PROGRESS_EVERY:
             self._say(f"epoch {epoch}/{epochs}")
 
-    def end(self, group):
-        self.work -= work([group]) - self.trained  # a cached group trains nothing: its work leaves the estimate
+    def end(self, group, cached):
+        if cached:  # a cached group trains nothing: its work leaves the estimate
+            self.work -= work([group]) - self.trained
+        else:  # a group trained elsewhere (a Dask worker) reported no epochs here
+            self.done += work([group]) - self.trained
         self.fits_done += len(group.fits)
-        self._say("done" if self.trained else "from the cache")
+        self._say("from the cache" if cached else "done")
 
     def _say(self, what):
         elapsed = time.time() - self.start
@@ -104,11 +111,20 @@ def prepare_data(root):
 
 
 @task(task_run_name="{group.label}", **CACHED)
-def train(group, context, root, device, on_epoch=None):
+def train(group, context, root, device, on_epoch=None, threads=None):
     """Train one group (a search cell or a final variant): its fit records and, for a group that keeps them,
-    its trained models as text (pairs.train.pack_model). An error names the group's fits."""
+    its trained models as text (pairs.train.pack_model). An error names the group's fits. On a Dask worker
+    everything comes as parameters: the data root is checked there and torch uses `threads` threads."""
     try:
         _inject_failure(group)
+        if threads:
+            torch.set_num_threads(threads)
+        if threads:  # on a worker: its own data and device
+            try:
+                check_mnist(root)
+                resolve_device(device)
+            except (DataError, RuntimeError) as e:
+                raise RuntimeError(f"on Dask worker {socket.gethostname()} (pid {os.getpid()}): {e}") from None
         models = []
         records = P.train_group(group, root, device, on_epoch, models)
         return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models]}
@@ -142,32 +158,107 @@ def work(groups):
     return sum(len(g.fits) * g.fits[0].config.epochs for g in groups)
 
 
-def train_groups(groups, parent_id, tracker, context, root, device, progress):
-    """Train groups (cached tasks) and log their fits, with the models a group keeps, under `parent_id`."""
+@dataclass
+class Work:
+    """Where and how groups train: the run tree, the fits' context (data fingerprint, code, device), the data
+    root, the device, and a Dask task runner (entered) or None for this process."""
+    tracker: Tracker
+    context: tuple
+    root: str
+    device: str
+    runner: object = None
+    chunk: int | None = None
+    results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
+
+    @property
+    def train(self):
+        return train.with_options(result_storage=Path(self.results).resolve()) if self.results else train
+
+
+def train_groups(groups, parents, w, progress):
+    """Train groups (cached tasks) and log their fits, with the models a group keeps, under `parents` (a run
+    id, or one per group). With a Dask runner every group is submitted at once and the results are taken in
+    order as they come; in this process they train one after another, reporting epochs."""
+    parents = [parents] * len(groups) if isinstance(parents, str) else parents
+    futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
+                                       "threads": 1}) for g in groups] if w.runner else []
     records, logged = [], []
-    for group in groups:
+    for i, (group, parent) in enumerate(zip(groups, parents)):
         progress.begin(group)
-        out = train(group, context, root, device, progress.epoch)
-        progress.end(group)
+        state = _remote_state(futures[i]) if w.runner else w.train(group, w.context, w.root, w.device,
+                                                                  progress.epoch, return_state=True)
+        out = state.result()
+        progress.end(group, state.name == "Cached")
         got = [FitRecord.from_json(d) for d in out["records"]]
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
-        example = P.fit_data(got[0], root).eval_input[:3].float().numpy() if models else None
-        logged.append(log_fits.submit(tracker, got, parent_id, context, len(got), models, example))
+        example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
+        logged.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
         records += got
     [f.result() for f in logged]
     return records
 
 
-def stage(name, groups, tracker, context, root, device, progress, artifacts):
+def _remote_state(future):
+    """The final state of a group's task on Dask. When Dask itself fails (the scheduler gone, a task given up
+    after its workers died), the task run it leaves RUNNING is marked Crashed and the error says how to resume."""
+    try:
+        future.wait()
+        return future.state if future.state.is_final() else future.result(raise_on_failure=False)
+    except Exception as e:
+        from prefect import get_client
+        from prefect.states import Crashed
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_task_run_state(future.task_run_id, Crashed(message=f"Dask gave up: {e}"), force=True)
+        except Exception:
+            pass
+        raise RuntimeError(f"the Dask cluster failed ({type(e).__name__}: {e}); finished groups are cached: run the "
+                           "same command again once the scheduler and workers are back") from None
+
+
+def stage(name, groups, w, progress, artifacts):
     """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts."""
-    run_id = tracker.child(name, {"pairs.stage": name})
-    records = train_groups(groups, run_id, tracker, context, root, device, progress)
-    write_artifacts(tracker, run_id, name, lambda out: artifacts(records, out))
-    tracker.end(run_id)
+    run_id = w.tracker.child(name, {"pairs.stage": name})
+    records = train_groups(groups, run_id, w, progress)
+    write_artifacts(w.tracker, run_id, name, lambda out: artifacts(records, out))
+    w.tracker.end(run_id)
     return records
 
 
-def optuna_search(study, protocol, tracker, context, root, device, progress):
+def task_runner(run):
+    """A prefect_dask.DaskTaskRunner for --cluster or --workers, else None (train in this process)."""
+    if not (run.cluster or run.workers):
+        return None
+    from prefect_dask import DaskTaskRunner
+    if run.cluster:
+        return DaskTaskRunner(address=run.cluster)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": run.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@contextlib.contextmanager
+def running(runner):
+    """The runner entered (its local cluster started). Local workers inherit this flow's Prefect API (the
+    temporary server, when no PREFECT_API_URL is set): otherwise each would start a server of its own."""
+    if runner is None:
+        yield None
+        return
+    from prefect import get_client
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url  # until the cluster stops: its workers may start (or restart) any time
+    try:
+        with runner as entered:
+            yield entered
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+def optuna_search(study, protocol, w, progress):
     """An Optuna (TPE) search per architecture, `study.batch` trials asked at a time: each trial's groups train
     as cached tasks and log their fits under the trial's MLflow run, then the trials are told their values
     (the lowest mean validation error of their rows). The Optuna studies live in `optuna_storage()`; after a
@@ -177,14 +268,14 @@ def optuna_search(study, protocol, tracker, context, root, device, progress):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage()
-    ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(context)], sort_keys=True,
+    ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(w.context)], sort_keys=True,
                                       default=str).encode()).hexdigest()[:12]
     studies = {a: optuna.create_study(
         study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage, load_if_exists=True, direction="minimize",
         sampler=optuna.samplers.TPESampler(  # random for the first half (at most 10), a batch at a time
             seed=derive_seed(protocol.seed, "optuna", a) % 2**32, constant_liar=True,
             n_startup_trials=min(10, max(study.batch, study.trials // 2)))) for a in protocol.architectures}
-    run_id = tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
+    run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
     records, seen, running = [], set(), optuna.trial.TrialState.RUNNING
     while True:
         batch = []  # (architecture, trial, candidate, to tell): the trials of earlier calls first
@@ -198,21 +289,28 @@ def optuna_search(study, protocol, tracker, context, root, device, progress):
                 batch.append((a, t.number, study.suggest(t, a), True))
         if not batch:
             break
+        trials, groups, parents = [], [], []  # the batch's groups train together (in parallel on Dask)
         for a, number, candidate, tell in batch:
             seen.add((a, number))
             name = f"trial {a} {number}"
-            trial_run = tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
-            got = train_groups(P.search_groups(protocol, [candidate]), trial_run, tracker, context, root, device,
-                               progress)
-            best = min(P.search_table(got), key=lambda r: r["val_error_mean"])
+            trial_run = w.tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
+            mine = P.search_groups(protocol, [candidate], w.chunk)
+            trials.append((a, number, candidate, tell, name, trial_run, len(mine)))
+            groups += mine
+            parents += [trial_run] * len(mine)
+        got = train_groups(groups, parents, w, progress)
+        for a, number, candidate, tell, name, trial_run, n in trials:
+            mine = [r for g in groups[:n] for r in got[:len(g.fits)]]
+            got, groups = got[len(mine):], groups[n:]
+            best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
             if tell:
                 studies[a].tell(number, best["val_error_mean"])
-            tracker.end_trial(trial_run, best)
+            w.tracker.end_trial(trial_run, best)
             print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
                   f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
-            records += got
-    write_artifacts(tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
-    tracker.end(run_id)
+            records += mine
+    write_artifacts(w.tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
+    w.tracker.end(run_id)
     return records
 
 
@@ -223,7 +321,8 @@ def _pipeline(**settings):
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
     try:
-        result = _run(protocol, study, run, root, device, tracker)
+        with running(task_runner(run)) as runner:
+            result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results))
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
@@ -289,43 +388,42 @@ def _report(run, write):
     return report
 
 
-def _arms(protocol, study, run, root, device, tracker, context, started):
+def _arms(protocol, study, run, w, started):
     """A study of fixed arms: no search; every arm's final groups on the same rounds, then its report."""
-    groups = P.arm_groups(protocol, study.arms)
-    final = stage("final", groups, tracker, context, root, device, Progress(work(groups), sum(
-        len(g.fits) for g in groups)), lambda records, out: [R.save_records(records, out / "final_fits.json")])
+    groups, tracker = P.arm_groups(protocol, study.arms), w.tracker
+    final = stage("final", groups, w, Progress(work(groups), sum(len(g.fits) for g in groups)),
+                  lambda records, out: [R.save_records(records, out / "final_fits.json")])
     if run.until != "final":
-        meta = run_meta(device, time.time() - started)
-
+        meta = run_meta(w.device, time.time() - started)
         write_artifacts(tracker, tracker.run_id, "the report", _report(
             {"protocol": asdict(protocol), "study": asdict(study), "meta": meta},
             lambda out: R.arms_report(final, study, protocol, out, meta)))
     return {"run_id": tracker.run_id}
 
 
-def _run(protocol, study, run, root, device, tracker):
-    started = time.time()
+def _run(protocol, study, run, w):
+    started, tracker, device = time.time(), w.tracker, w.device
     code = code_version()
     tracker.log_params(tracker.run_id, {f"protocol.{k}": v for k, v in P.protocol_params(protocol).items()}
                        | {"pipeline.profile": run.profile, "pipeline.device": device, "pipeline.code_version": code,
                           "pipeline.study": study.path or "(the profile's grid)"}
                        | {f"search.space.{k}": ",".join(map(str, v)) for k, v in study.space})
-    context = (prepare_data(root), code, device)
+    w.context = context = (prepare_data(w.root), code, device)
     if run.until == "prepare":
         return {"run_id": tracker.run_id}
     if study.arms:
-        return _arms(protocol, study, run, root, device, tracker, context, started)
+        return _arms(protocol, study, run, w, started)
     candidates = study.candidates() if study.method == "grid" else [{}] * study.trials  # optuna: a guess
-    search_groups, n_final = P.search_groups(protocol, candidates), protocol.fits()[1]
+    search_groups, n_final = P.search_groups(protocol, candidates, run.chunk), protocol.fits()[1]
     n_search = sum(len(g.fits) for g in search_groups)
     if run.until == "search":
         n_final = 0
     guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
     progress = Progress(work(search_groups) + guess, n_search + n_final)
     if study.method == "optuna":
-        search = optuna_search(study, protocol, tracker, context, root, device, progress)
+        search = optuna_search(study, protocol, w, progress)
     else:
-        search = stage("search", search_groups, tracker, context, root, device, progress, R.search_artifacts)
+        search = stage("search", search_groups, w, progress, R.search_artifacts)
     selection = select(search)
     tracker.log_params(tracker.run_id, {f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()}
                        | {f"final.{k}": v for k, v in study.final.items()})
@@ -335,7 +433,7 @@ def _run(protocol, study, run, root, device, tracker):
 
     final_groups = P.final_groups(protocol, {a: s | study.final for a, s in selection.items()})
     progress.work += work(final_groups) - guess
-    final = stage("final", final_groups, tracker, context, root, device, progress, R.final_artifacts)
+    final = stage("final", final_groups, w, progress, R.final_artifacts)
     register_champion(tracker, search, final_groups, selection, study, context)
     if run.until == "final":
         return {"run_id": tracker.run_id, "selection": selection}

@@ -9,10 +9,12 @@ about a second with one line.
 """
 import inspect
 import os
+import socket
 import tempfile
 import types
 import typing
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,6 +39,13 @@ class Run:
     experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
     device: str = option("cpu", "where to train", DEVICES)
     until: str = option("report", "stop after this stage", STAGES)
+    cluster: str | None = option(None, "train on a running Dask cluster: its scheduler (tcp://HOST:8786); needs a "
+                                       "Prefect server (PREFECT_API_URL)")
+    workers: int | None = option(None, "train on a local Dask cluster of this many one-thread worker processes")
+    chunk: int | None = option(None, "rounds per search unit of work (default: a whole grid cell); smaller chunks "
+                                     "give more workers work, with the same results")
+    results: str | None = option(None, "folder of the cached task results (default: .cache/prefect); one that every "
+                                       "machine mounts lets each reuse every cached group")
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ def check_inputs(**values):
         raise ValueError(f"the study {study.path} has arms and no search: use --until prepare, final or report")
     if not run.experiment:
         raise ValueError("the experiment name must not be empty")
+    check_cluster(run)
     try:
         resolve_device(run.device)
         ensure_mnist(data_root(run.data_dir))
@@ -165,6 +175,36 @@ def check_inputs(**values):
         raise ValueError(str(e)) from None
     check_tracking(tracking_uri())
     return run, protocol, study
+
+
+def check_cluster(run):
+    """--cluster/--workers/--chunk/--results: consistent, the scheduler answering, a Prefect server set."""
+    if run.cluster and run.workers:
+        raise ValueError("--cluster and --workers exclude each other: a running cluster, or a local one of N workers")
+    for name in ("workers", "chunk"):
+        if getattr(run, name) is not None and getattr(run, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(run, name)}")
+    if run.results:
+        try:
+            Path(run.results).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=run.results).close()
+        except OSError as e:
+            raise ValueError(f"the results folder {run.results} is not writable ({e.strerror})") from None
+    if not run.cluster:
+        return
+    address = urllib.parse.urlsplit(run.cluster)
+    if address.scheme not in ("tcp", "tls") or not address.hostname or not address.port:
+        raise ValueError(f"--cluster {run.cluster!r}: give the scheduler's address, tcp://HOST:PORT")
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=5).close()
+    except OSError as e:
+        raise ValueError(f"the Dask scheduler {run.cluster} cannot be reached ({e.strerror or e}); start it "
+                         f"(dask scheduler --host {address.hostname}) and its workers (dask worker {run.cluster} "
+                         "--nthreads 1)") from None
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ValueError("--cluster needs a Prefect server that every worker reports to (without one each worker "
+                         "starts its own): start `prefect server start --host 127.0.0.1` and set "
+                         "PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
 def tracking_uri():
