@@ -212,8 +212,9 @@ def _remote_state(future):
                 client.set_task_run_state(future.task_run_id, Crashed(message=f"Dask gave up: {e}"), force=True)
         except Exception:
             pass
-        raise RuntimeError(f"the Dask cluster failed ({type(e).__name__}: {e}); finished groups are cached: run the "
-                           "same command again once the scheduler and workers are back") from None
+        raise RuntimeError(f"the Dask cluster failed ({type(e).__name__}: {' '.join(str(e).split())}); finished "
+                           "groups are cached: run the same command again once the scheduler and workers are back"
+                           ) from None
 
 
 def stage(name, groups, w, progress, artifacts):

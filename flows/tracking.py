@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from .settings import sqlite_path, tracking_uri
 
 PARENT = "mlflow.parentRunId"
 PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
+MODEL_LOCK = threading.Lock()
 REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
 
 
@@ -169,10 +171,10 @@ class Tracker:
         with torch.no_grad():
             out = model(torch.from_numpy(example)).numpy()
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
+        with MODEL_LOCK, mlflow.start_run(run_id=run_id):  # one at a time: logging runs the model (torch state)
             info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, out),
                                             input_example=example, code_paths=[str(PACKAGE)],
-                                            pip_requirements=REQUIREMENTS)
+                                            pip_requirements=REQUIREMENTS, serialization_format="pickle")
         return info.model_uri
 
     def register(self, run_id, name, tags):

@@ -1,0 +1,225 @@
+"""More machines: the quick profile on a real Dask scheduler and two one-thread workers, reporting to a real
+Prefect server and tracked on a real MLflow server (all on 127.0.0.1), against the in-process run; a worker
+killed mid-run; the scheduler gone and back. Also the clear errors of --cluster/--workers/--chunk."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.settings import check_inputs
+from pairs import protocol as P
+
+BIN = Path(sys.executable).parent
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "quick_records.json").read_text())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+class Cluster:
+    """The servers, the scheduler and the workers, each a process with its own log file."""
+
+    def __init__(self, tmp):
+        self.tmp, self.procs = tmp, {}
+        self.env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                        DO_NOT_TRACK="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1",
+                        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PAIRS_DATA_DIR"):
+            self.env.pop(key, None)  # a worker gets everything as task parameters
+        self.prefect, self.mlflow, self.dask = free_port(), free_port(), free_port()
+        self.api, self.tracking = f"http://127.0.0.1:{self.prefect}/api", f"http://127.0.0.1:{self.mlflow}"
+        self.scheduler = f"tcp://127.0.0.1:{self.dask}"
+
+    def start(self, name, *cmd):
+        log = open(self.tmp / f"{name}.log", "a")
+        self.procs[name] = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self, name):
+        return (self.tmp / f"{name}.log").read_text()
+
+    def start_dask(self):
+        self.start("scheduler", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(self.dask), "--no-dashboard")
+        for w in ("w0", "w1"):
+            self.start(w, "dask", "worker", self.scheduler, "--nthreads", "1", "--name", w, "--no-dashboard")
+        self.wait(lambda: self.log("w0").count("Registered to") and self.log("w1").count("Registered to"), "workers")
+
+    def wait(self, ready, what, timeout=240):
+        deadline = time.time() + timeout
+        while not ready():
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            assert time.time() < deadline and not dead, f"{what} not ready; exited: {dead}; " + " | ".join(
+                f"{n}: {self.log(n)[-500:]}" for n in self.procs)
+            time.sleep(0.5)
+
+    def stop(self, *names):
+        for name in names or list(self.procs):
+            proc = self.procs.pop(name)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def pipeline(self, data_dir, results, experiment, *flags, on_line=None, **env):
+        env = dict(self.env, PAIRS_DATA_DIR=data_dir, PREFECT_API_URL=self.api, MLFLOW_TRACKING_URI=self.tracking,
+                   PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / results), **env)
+        proc = subprocess.Popen([sys.executable, "-m", "flows", "--profile", "quick", "--cluster", self.scheduler,
+                                 "--chunk", "1", "--experiment", experiment, *flags], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line:
+                on_line(line)
+        return proc.wait(timeout=600), "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("machines"))
+    try:
+        c.start("prefect", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(c.prefect))
+        c.start("mlflow", "mlflow", "server", "--host", "127.0.0.1", "--port", str(c.mlflow), "--backend-store-uri",
+                f"sqlite:///{c.tmp / 'mlflow.db'}", "--artifacts-destination", str(c.tmp / "artifacts"))
+        c.start_dask()
+        c.wait(lambda: answers(f"{c.api}/health") and answers(f"{c.tracking}/health"), "the servers")
+        yield c
+    finally:
+        c.stop()
+
+
+def records_of(client, run_id, tmp):
+    """The fit records the pipeline logged (search, then final), fetched back through the tracking server."""
+    stages = {r.data.tags["pairs.stage"]: r.info.run_id for r in client.search_runs(
+        [client.get_run(run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")}
+    return [P.FitRecord.from_json(d) for s in ("search", "final") for d in json.loads(Path(
+        client.download_artifacts(stages[s], f"{s}_fits.json", str(tmp))).read_text())]
+
+
+def assert_same_as_in_process(records):
+    """Every fit's losses and errors equal the in-process quick run's (the fixture): bit for bit on its CPU model."""
+    from pairs.train import describe_machine
+    exact = describe_machine("cpu").split(", torch")[0] == FIXTURE["machine"].split(", torch")[0]
+    assert len(records) == len(FIXTURE["records"])
+    for r, old in zip(records, FIXTURE["records"]):
+        assert (r.stage, r.variant, r.round, r.fold) == (old["stage"], old["variant"], old["round"], old["fold"])
+        got, want = [*r.train_loss, *r.aux_loss, *sum(map(list, r.scores), [])], [
+            *old["train_loss"], *old["aux_loss"], *sum(old["scores"], [])]
+        assert got == want if exact else got == pytest.approx(want, rel=1e-3, abs=0.01)
+
+
+def fits_logged_once(client, experiment):
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    keys = [r.data.tags["pairs.fit_key"] for r in client.search_runs(
+        [exp], "tags.`pairs.fit_key` != '' AND attributes.status = 'FINISHED'", max_results=1000)]
+    return len(keys) == len(set(keys)) == sum(P.PROFILES["quick"].fits())
+
+
+def running_task_runs(api):
+    req = urllib.request.Request(f"{api}/task_runs/filter", data=json.dumps(
+        {"task_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        return [t["name"] for t in json.load(answer)]
+
+
+@pytest.mark.slow
+def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_in_process_run(cluster, data_dir,
+                                                                                               tmp_path):
+    """Search cells in chunks of one round on two workers; SIGKILL to a worker process once the first group is
+    back (the others are training): Dask gives its task to a worker again (the nanny restarts the killed one),
+    the run completes with the in-process records, no fit is logged twice and no task run is left running; the
+    fits, the report and its artifacts are on the MLflow server."""
+    from mlflow.tracking import MlflowClient
+    killed = []
+
+    def kill_a_worker(line):
+        if "[search]" in line and not killed:  # w1's worker process (its nanny's spawned child), not the nanny
+            children = subprocess.run(["pgrep", "-P", str(cluster.procs["w1"].pid)], capture_output=True,
+                                      text=True).stdout.split()
+            worker = next(int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+    rc, out = cluster.pipeline(data_dir, "results", "dask", on_line=kill_a_worker)
+    assert killed and rc == 0, out[-3000:]
+    client = MlflowClient(cluster.tracking)
+    run_id = out.split("pipeline run ")[1].split()[0]
+    assert_same_as_in_process(records_of(client, run_id, tmp_path))
+    assert fits_logged_once(client, "dask")
+    assert "## Table 2" in Path(client.download_artifacts(run_id, "REPORT.md", str(tmp_path))).read_text()
+    assert list((cluster.tmp / "artifacts").rglob("REPORT.md"))  # through the server to its destination
+    assert all("Task run 'search " in cluster.log(w) for w in ("w0", "w1"))  # both workers trained
+    assert not running_task_runs(cluster.api)
+
+
+@pytest.mark.slow
+def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, data_dir, tmp_path):
+    gone = threading.Event()
+
+    def stop_the_scheduler(line):
+        if "[search]" in line and not gone.is_set():
+            gone.set()
+            cluster.stop("scheduler")
+    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", on_line=stop_the_scheduler,
+                               DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")  # give up on it after 3 s
+    assert gone.is_set() and rc == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: the Dask cluster failed") and "run the same command again" in last, last
+    cluster.stop("w0", "w1")
+    cluster.start_dask()
+    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone")
+    assert rc == 0 and "from the cache" in out, out[-3000:]
+    from mlflow.tracking import MlflowClient
+    assert fits_logged_once(MlflowClient(cluster.tracking), "dask-gone")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(cluster="tcp://127.0.0.1:1", workers=2), "--cluster and --workers exclude each other"),
+    (dict(workers=0), "workers must be a positive integer, got 0"),
+    (dict(chunk=0), "chunk must be a positive integer, got 0"),
+    (dict(cluster="127.0.0.1:8786"), "give the scheduler's address, tcp://HOST:PORT"),
+    (dict(cluster="tcp://127.0.0.1:1"), "the Dask scheduler tcp://127.0.0.1:1 cannot be reached"),
+])
+def test_bad_cluster_settings_fail_before_any_work(data_dir, flags, message):
+    with pytest.raises(ValueError, match=message):
+        check_inputs(data_dir=data_dir, profile="quick", **flags)
+
+
+def test_a_cluster_needs_a_prefect_server(data_dir, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with socket.socket() as s:  # something listening where the scheduler would be
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ValueError, match="--cluster needs a Prefect server .* PREFECT_API_URL="):
+            check_inputs(data_dir=data_dir, profile="quick", cluster=f"tcp://127.0.0.1:{s.getsockname()[1]}")
+
+
+def test_chunks_hold_the_same_fits_in_rounds():
+    q = P.PROFILES["quick"].with_(search_rounds=3)
+    whole, chunked = P.search_groups(q), P.search_groups(q, chunk=2)
+    assert [f for g in whole for f in g.fits] == [f for g in chunked for f in g.fits]
+    assert len(chunked) == 2 * len(whole) and chunked[1].label == "search ConvNet batch 25 rounds 2-2"
+
+
+def test_a_worker_without_the_data_says_which_worker(tmp_path):
+    from flows.pipeline import train
+    group = P.search_groups(P.PROFILES["quick"])[0]
+    with pytest.raises(RuntimeError, match=f"on Dask worker {socket.gethostname()} .*{tmp_path}"):
+        train.fn(group, (), str(tmp_path), "cpu", threads=1)
