@@ -4,8 +4,10 @@ Measured in one run on one machine: (1) s/epoch of one model alone per variant (
 column), (2) per-fit s/epoch when a search cell's folds x rounds or a variant's final rounds train
 stacked, (3) achieved GFLOP/s beside a large float32 matmul (the practical ceiling), (4) the quick
 profile's wall time (measured) and the full profile's (extrapolated from the measured groups), (5) the
-share of MLflow logging and Prefect overhead. Only torch is needed for (1)-(3); (4)-(5) need the
-pipeline's packages and run on the CPU.
+share of MLflow logging and Prefect overhead, (6) a ConvNet and an MLP search cell of the full protocol
+(cut short in epochs) in this process against `--workers 2` (prefect_dask, one thread each), and from the
+measured task durations the simulated wall time of the full and the extended study on 1-64 workers. Only
+torch is needed for (1)-(3); (4)-(6) need the pipeline's packages and run on the CPU.
 """
 import argparse
 import os
@@ -19,7 +21,8 @@ from pathlib import Path
 import torch
 
 from pairs import protocol as P
-from pairs.data import pair_sets
+from pairs import report as R
+from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, build, parse
 from pairs.protocol import PROFILES
 from pairs.report import study_table
@@ -161,12 +164,123 @@ print(time.perf_counter() - t)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def dask_comparison(epochs):
+    """(6) The full protocol's ConvNet and MLP search cells at batch 100, cut to `epochs` epochs: trained here as
+    whole cells (2 threads), each one-round chunk alone on one thread (the task durations), and every chunk
+    through the pipeline's `train` task on `--workers 2` (a local prefect_dask cluster, one thread each)."""
+    from prefect import flow
+
+    from flows.pipeline import running, train, task_runner
+    from flows.settings import Run
+    full = PROFILES["full"].with_(batch_sizes=(100,), epochs=(epochs,))
+    cells, chunks = P.search_groups(full), P.search_groups(full, chunk=1)
+    for g in cells[:1]:  # load the data once, outside the timings
+        P.fit_data(g.fits[0])
+    t = time.perf_counter()
+    for g in cells:
+        P.train_group(g)
+    in_process = time.perf_counter() - t
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    durations = {}
+    for g in chunks:
+        t = time.perf_counter()
+        P.train_group(g)
+        durations.setdefault(g.fits[0].variant, []).append(time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp()  # nothing cached
+
+    @flow
+    def on_workers():
+        t = time.perf_counter()
+        with running(task_runner(Run(workers=2))) as runner:
+            started = time.perf_counter() - t
+            t = time.perf_counter()
+            futures = [runner.submit(train, {"group": g, "context": ("bench",), "root": str(data_root()),
+                                             "device": "cpu", "threads": 1}) for g in chunks]
+            [f.result() for f in futures]
+            return started, time.perf_counter() - t
+    started, on_two = on_workers()
+    work = sum(sum(d) for d in durations.values())
+    overhead = max(0.0, (2 * on_two - work) / len(chunks))  # per task, beyond its training
+    return {"in_process": in_process, "two_workers": on_two, "cluster_start": started, "chunks": len(chunks),
+            "durations": durations, "one_thread_work": work, "task_overhead": overhead, "epochs": epochs}
+
+
+def makespan(durations, workers):
+    """Longest-processing-time list scheduling: each unit to the worker that frees up first."""
+    free = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        free[free.index(min(free))] += d
+    return max(free)
+
+
+def simulate(stages, workers, overhead, start):
+    """Wall time of stages run one after another (each waits for the last), their units spread over workers."""
+    return start + sum(makespan([d + overhead for d in units], workers) for units in stages)
+
+
+def scaling(measured, extended_records=None):
+    """Stages of units (seconds on one thread) of the full study and, from its recorded fits, the extended
+    study; the simulated wall time on 1-64 workers."""
+    full = PROFILES["full"]
+    per_fit_epoch = {v: sum(d) / len(d) / (full.folds * measured["epochs"]) for v, d in measured["durations"].items()}
+    search = [per_fit_epoch[a] * full.folds * max(full.epochs) for a in full.architectures
+              for _ in full.batch_sizes for _ in range(full.search_rounds)]
+    final = [per_fit_epoch[parse(v)[0]] * full.final_rounds * STUDY_BATCH[parse(v)[0]][1] for v in VARIANTS]
+    studies = {"full study (one-round search chunks)": [search, final]}
+    if extended_records:  # one unit per trial group and per final variant; batches of trials wait for each other
+        one_thread = measured["one_thread_work"] / (2 * measured["in_process"])  # 1-thread vs 2-thread speed
+        groups = {}
+        for r in extended_records:
+            groups.setdefault((r.stage, r.variant, r.config, r.round if r.stage == "search" else None), []).append(r)
+        units = {k: sum(r.s_per_epoch * r.config.epochs for r in rs) * one_thread for k, rs in groups.items()}
+        search_units = [d for k, d in units.items() if k[0] == "search"]
+        batch = 8  # 4 trials per architecture are asked at a time
+        studies["extended study (Optuna batches of 4 trials per architecture)"] = [
+            search_units[i:i + batch] for i in range(0, len(search_units), batch)] + [
+            [d for k, d in units.items() if k[0] == "final"]]
+    return {name: {w: simulate(stages, w, measured["task_overhead"], measured["cluster_start"])
+                   for w in (1, 2, 4, 8, 16, 64)} for name, stages in studies.items()}, studies
+
+
+def dask_lines(epochs):
+    m = dask_comparison(epochs)
+    extended = Path(__file__).resolve().parent.parent / "docs" / "results" / "extended"
+    records = [r for name in ("search_fits.json", "final_fits.json") if (extended / name).exists()
+               for r in R.load_records(extended / name)]
+    table, studies = scaling(m, records)
+    lines = ["", "## More machines: Dask workers (CPU, measured, then simulated)", "",
+             f"Two search cells of the full protocol (ConvNet and MLP, batch 100, 100 fits each, cut to {epochs} "
+             f"epochs), {m['chunks']} one-round chunks through the pipeline's `train` task:", "",
+             f"- in this process, whole cells, {torch.get_num_threads()} threads: **{m['in_process']:.1f} s**",
+             f"- `--workers 2` (local prefect_dask cluster, one thread each), training only: "
+             f"**{m['two_workers']:.1f} s** (ratio {m['two_workers'] / m['in_process']:.2f}); starting the "
+             f"cluster: {m['cluster_start']:.1f} s",
+             f"- the chunks one after another on one thread: {m['one_thread_work']:.1f} s; per-task overhead on a "
+             f"worker beyond training (Prefect task engine, transfer of the records): {m['task_overhead']:.2f} s",
+             "", "Simulated wall time (list scheduling of the measured one-thread task durations, scaled to each "
+             "group's fits and epochs, plus that overhead per task and the cluster start; stages wait for each other):",
+             "", "| study | units | " + " | ".join(f"{w} workers" for w in (1, 2, 4, 8, 16, 64)) + " |",
+             "|---|---|" + "---|" * 6]
+    for name, walls in table.items():
+        units = sum(len(s) for s in studies[name])
+        lines.append(f"| {name} | {units} in {len(studies[name])} stages | " + " | ".join(
+            f"{walls[w] / 60:.1f} min" for w in walls) + " |")
+    for name, stages in studies.items():
+        longest = max(max(s) for s in stages)
+        lines.append(f"- {name}: its longest unit takes {longest / 60:.1f} min on one thread, a floor no worker "
+                     f"count goes below; the stages it waits on: {len(stages)}")
+    return lines
+
+
 def main(argv):
     ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measured fit (the first is a warm-up)")
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     ap.add_argument("--no-pipeline", action="store_true", help="skip (4)-(5): they need mlflow and prefect")
+    ap.add_argument("--dask-epochs", type=int, default=2, help="epochs of the search cells trained on Dask workers")
     ap.add_argument("--full", action="store_true",
                     help="also train the whole full protocol (search, selection, final) once and time it")
     args = ap.parse_args(argv)
@@ -215,6 +329,8 @@ def main(argv):
                   "(measured)",
                   f"- full profile: **{wall / 60:.1f} min** (extrapolated: stacked training + Prefect overhead; "
                   "MLflow overlaps training)"]
+    if not args.no_pipeline:
+        lines += dask_lines(args.dask_epochs)
     if args.full:
         t = time.perf_counter()
         search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)]

@@ -443,5 +443,5 @@ def _run(protocol, study, run, w):
 
     write_artifacts(tracker, tracker.run_id, "the report", _report(
         {"protocol": asdict(protocol), "study": asdict(study), "selection": selection, "meta": meta},
-        lambda out: R.full_report(search, final, selection, protocol, out, meta)))
+        lambda out: R.full_report(search, final, selection, protocol, out, meta, study)))
     return {"run_id": tracker.run_id, "selection": selection}

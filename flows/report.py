@@ -24,7 +24,7 @@ def regenerate(run_id, out):
     protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})
     if study.arms:
         return R.arms_report(final, study, protocol, out, run["meta"])
-    return R.full_report(search, final, run["selection"], protocol, out, run["meta"])
+    return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
 
 
 def main(argv):

@@ -268,7 +268,20 @@ def study_choices():
             (f", then trained its final {', '.join(changed)} after trying it on the test set" if changed else ""))
 
 
-def render(search, final, selection, protocol, meta):
+def searched(protocol, study):
+    """The Protocol line of a report: the profile's grid, or the study file's search."""
+    p = protocol
+    cv = f"{p.search_rounds} rounds x {p.folds}-fold cross-validation of the training pairs"
+    if study is None or not study.space:
+        return f"search over batch sizes {list(p.batch_sizes)} x epochs {list(p.epochs)}, {cv} on the base architectures"
+    how = (f"Optuna (TPE) with {study.trials} trials per architecture, {study.batch} at a time" if study.method ==
+           "optuna" else "a grid")
+    space = "; ".join(f"{k} {v if isinstance(v, dict) else list(v)}" for k, v in study.space)
+    final = f"; final rounds with {', '.join(f'{k}={v}' for k, v in study.final.items())}" if study.final else ""
+    return f"`{Path(study.path).name}`: {how} over {space}, {cv}{final}"
+
+
+def render(search, final, selection, protocol, meta, study=None):
     """REPORT.md: setup, Table 1, selection, Table 2, figures, statistics, conclusions, command."""
     t1, t2, cmp = table1(search), table2(final), comparisons(final)
     n_div = int(t2.diverged.sum())
@@ -281,8 +294,7 @@ def render(search, final, selection, protocol, meta):
   Each round draws {p.pairs} training pairs from MNIST train and {p.pairs} test pairs from MNIST test
   (2x{p.pairs} distinct images per split). Inputs {'standardised with the training set mean/std' if p.normalize else 'raw (0..255), as the study'}.
 - **Models**: ConvNet and MLP, each plain, with weight sharing (WS), auxiliary digit loss (AL, weight {p.aux_weight}), both.
-- **Protocol**: search over batch sizes {list(p.batch_sizes)} x epochs {list(p.epochs)}, {p.search_rounds} rounds x
-  {p.folds}-fold cross-validation on the base architectures; selection by lowest mean validation error;
+- **Protocol**: {searched(p, study)}; selection by lowest mean validation error;
   final evaluation {p.final_rounds} rounds x {len(p.variants)} variants. Adam, lr {p.lr}. Base seed {p.seed}.
 - **Options beyond the study**: {', '.join(f'{k}={v}' for k, v in p.training().items()
                                         if v != getattr(Training(), k) and k not in ('lr', 'aux_weight', 'normalize'))
@@ -409,8 +421,8 @@ def arms_report(records, study, protocol, out, meta):
     return paths + [out / "REPORT.md"]
 
 
-def full_report(search, final, selection, protocol, out, meta):
+def full_report(search, final, selection, protocol, out, meta, study=None):
     """Everything: the stage artifacts and REPORT.md, written to out."""
     paths = search_artifacts(search, out) + final_artifacts(final, out)
-    (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta))
+    (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta, study))
     return paths + [out / "REPORT.md"]
