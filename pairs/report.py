@@ -295,10 +295,10 @@ def render(search, final, selection, protocol, meta, study=None):
   (2x{p.pairs} distinct images per split). Inputs {'standardised with the training set mean/std' if p.normalize else 'raw (0..255), as the study'}.
 - **Models**: ConvNet and MLP, each plain, with weight sharing (WS), auxiliary digit loss (AL, weight {p.aux_weight}), both.
 - **Protocol**: {searched(p, study)}; selection by lowest mean validation error;
-  final evaluation {p.final_rounds} rounds x {len(p.variants)} variants. Adam, lr {p.lr}. Base seed {p.seed}.
+  final evaluation {p.final_rounds} rounds x {len(t2)} variants. Adam, lr {p.lr}{' (or as searched)' * bool(study and study.space)}. Base seed {p.seed}.
 - **Options beyond the study**: {', '.join(f'{k}={v}' for k, v in p.training().items()
                                         if v != getattr(Training(), k) and k not in ('lr', 'aux_weight', 'normalize'))
-                                 or 'none'}.
+                                 or ('as selected (below)' if study and study.space else 'none')}.
 - **Machine**: {meta.get('machine', '?')}; device {meta.get('device', '?')}; {meta.get('versions', '')}.
 - **Wall time**: {meta.get('wall_time', 'see the pipeline run in MLflow')}.
 
