@@ -185,10 +185,13 @@ def train_groups(groups, parents, w, progress):
     records, logged = [], []
     for i, (group, parent) in enumerate(zip(groups, parents)):
         progress.begin(group)
-        state = _remote_state(futures[i]) if w.runner else w.train(group, w.context, w.root, w.device,
-                                                                  progress.epoch, return_state=True)
-        out = state.result()
-        progress.end(group, state.name == "Cached")
+        if w.runner:
+            state = _remote_state(futures[i])
+            out, cached = state.result(), state.name == "Cached"
+        else:  # called, not submitted: Ctrl-C and SIGTERM reach the flow as they are
+            out = w.train(group, w.context, w.root, w.device, progress.epoch)
+            cached = progress.trained == 0  # no epoch trained here: it came from the cache
+        progress.end(group, cached)
         got = [FitRecord.from_json(d) for d in out["records"]]
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
@@ -363,8 +366,11 @@ def register_champion(tracker, search, final_groups, selection, study, context):
     rows = P.search_table(search)
     cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
         r.get(k) == v for k, v in s.items() if k in r)) for a, s in selection.items()}
-    arch = min(cv, key=cv.get)
-    group = next(g for g in final_groups if g.keep and P.parse(g.fits[0].variant)[0] == arch)
+    kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran
+    if not kept:
+        return
+    arch = min(kept, key=cv.get)
+    group = kept[arch]
     fit = group.fits[0]
     run_id = tracker.fit_runs.get(fit.key(context))
     if run_id is None:
