@@ -226,6 +226,8 @@ def set_lr(opt, cfg, step, steps):
 
 
 def resolve_device(device="cpu"):
+    if isinstance(device, torch.device):
+        return device
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if device == "auto":

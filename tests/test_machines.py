@@ -177,17 +177,21 @@ def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, da
         if "[search]" in line and not gone.is_set():
             gone.set()
             cluster.stop("scheduler")
-    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", on_line=stop_the_scheduler,
+    small = ("--until", "search", "--architectures", "MLP", "--variants", "MLP")
+    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", *small, on_line=stop_the_scheduler,
                                DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")  # give up on it after 3 s
     assert gone.is_set() and rc == 1, out[-3000:]
     last = out.strip().splitlines()[-1]
     assert last.startswith("error: the Dask cluster failed") and "run the same command again" in last, last
     cluster.stop("w0", "w1")
     cluster.start_dask()
-    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone")
+    rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", *small)
     assert rc == 0 and "from the cache" in out, out[-3000:]
     from mlflow.tracking import MlflowClient
-    assert fits_logged_once(MlflowClient(cluster.tracking), "dask-gone")
+    client = MlflowClient(cluster.tracking)
+    keys = [r.data.tags["pairs.fit_key"] for r in client.search_runs([client.get_experiment_by_name(
+        "dask-gone").experiment_id], "tags.`pairs.fit_key` != '' AND attributes.status = 'FINISHED'")]
+    assert len(keys) == len(set(keys)) == 12  # the MLP search: 2 batch sizes x 2 rounds x 3 folds, each once
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -176,6 +176,8 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
     (tmp_path / "extended.toml").write_text(tiny)
     flags = dict(study=str(tmp_path / "extended.toml"), data_dir=data_dir, experiment="extended", pairs=300, folds=2,
                  final_rounds=2, batch_sizes=[25])
+    from flows import pipeline as flow_module
+    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
     for failure in ("search:-:0:0:99", "final:-:0:-:99"):  # a lasting failure: every retry fails
         monkeypatch.setenv("PAIRS_INJECT_FAILURE", failure)
         with pytest.raises(RuntimeError, match="injected failure"):
