@@ -319,8 +319,8 @@ def optuna_search(study, protocol, w, progress):
             parents += [trial_run] * len(mine)
         got = train_groups(groups, parents, w, progress)
         for a, number, candidate, tell, name, trial_run, n in trials:
-            mine = [r for g in groups[:n] for r in got[:len(g.fits)]]
-            got, groups = got[len(mine):], groups[n:]
+            k = sum(len(g.fits) for g in groups[:n])  # this trial's records: its groups' fits, in order
+            mine, got, groups = got[:k], got[k:], groups[n:]
             best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
             if tell:
                 studies[a].tell(number, best["val_error_mean"])
