@@ -36,23 +36,8 @@ from .settings import check_inputs, optuna_storage, signature
 from .tracking import Tracker
 
 # Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
-class Lasting(RuntimeError):
-    """A failure that a retry cannot fix (the data missing on a worker): the task is not retried."""
-
-
-def _retryable(task, task_run, state):
-    try:
-        state.result()
-    except Lasting:
-        return False
-    except BaseException:
-        return True
-    return True
-
-
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
-              persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10],
-              retry_condition_fn=_retryable)
+              persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
 PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
 REGISTERED = "pairs-best"  # the registered model of the best selected configuration
 _attempts = {}
@@ -139,15 +124,15 @@ def train(group, context, root, device, on_epoch=None, threads=None):
                 check_mnist(root)
                 resolve_device(device)
             except (DataError, RuntimeError) as e:
-                raise Lasting(f"on Dask worker {socket.gethostname()} (pid {os.getpid()}): {e}") from None
+                raise RuntimeError(f"on Dask worker {socket.gethostname()} (pid {os.getpid()}): {e}") from None
         models = []
         records = P.train_group(group, root, device, on_epoch, models)
         return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models]}
     except Exception as e:
         f = group.fits[-1]
         fits = f"rounds 0-{f.round}" + (f", folds 0-{f.folds - 1}" if f.folds else "")
-        raise (Lasting if isinstance(e, Lasting) else RuntimeError)(
-            f"{f.stage} fits of {f.variant} at batch size {f.config.batch_size} ({fits}) failed: {e}") from e
+        raise RuntimeError(f"{f.stage} fits of {f.variant} at batch size {f.config.batch_size} ({fits}) "
+                           f"failed: {e}") from e
 
 
 @task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
