@@ -80,7 +80,8 @@ class Run:
     def __init__(self, cmd, env, on_search=None):
         self.cmd, self.env, self.on_search = cmd, env, on_search
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True,  # SIGINT as a terminal gives it, even
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # from nohup &
         self.pid, self.lines, self.family, self.servers = self.proc.pid, [], set(), set()
         self.searched = self.signalled = self.gone_after = None
         self.searching = threading.Event()

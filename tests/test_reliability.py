@@ -61,10 +61,16 @@ def cli(args, env, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
+def default_sigint():
+    """Ctrl-C as a terminal gives it, even when the suite runs in the background (where SIGINT is ignored and
+    a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_signal(args, env, sig):
     """Start a pipeline, send sig once the search has logged its first group, return (returncode, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, preexec_fn=default_sigint)
     lines = []
     for line in proc.stdout:
         lines.append(line)
