@@ -117,9 +117,8 @@ def train(group, context, root, device, on_epoch=None, threads=None):
     everything comes as parameters: the data root is checked there and torch uses `threads` threads."""
     try:
         _inject_failure(group)
-        if threads:
+        if threads:  # on a worker: its own threads, data and device
             torch.set_num_threads(threads)
-        if threads:  # on a worker: its own data and device
             try:
                 check_mnist(root)
                 resolve_device(device)
@@ -205,7 +204,7 @@ def _remote_state(future):
     """The final state of a group's task on Dask. When Dask itself fails (the scheduler gone, a task given up
     after its workers died), the task run it leaves RUNNING is marked Crashed and the error says how to resume."""
     try:
-        future.wait()
+        future.wait()  # when Dask fails, the state stays unfinished and asking for the result raises its error
         return future.state if future.state.is_final() else future.result(raise_on_failure=False)
     except Exception as e:
         from prefect import get_client
