@@ -317,6 +317,14 @@ def optuna_search(study, protocol, w, progress):
     return records
 
 
+def _signal(e):
+    """The Ctrl-C or SIGTERM behind `e`, if any. A signal that lands while Prefect creates a task run comes out as
+    Prefect's own error ("Task run is not set", raised by its crash handler) with the signal as its context."""
+    while e is not None and not isinstance(e, (KeyboardInterrupt, TerminationSignal)):
+        e = e.__context__
+    return e
+
+
 def _pipeline(**settings):
     """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
     run, protocol, study = check_inputs(**settings)
@@ -327,15 +335,17 @@ def _pipeline(**settings):
         with running(task_runner(run)) as runner:
             result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results))
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
-        stopped = isinstance(e, (KeyboardInterrupt, TerminationSignal))
+        stopped = _signal(e)
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
-            print(f"stopped by {'SIGTERM' if isinstance(e, TerminationSignal) else 'Ctrl-C'}: finished groups "
+            print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished groups "
                   "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)
         try:
             tracker.finish("KILLED" if stopped else "FAILED")
         except Exception as err:  # e.g. a store still locked by the write the signal interrupted
             print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
                   "KILLED", file=sys.stderr, flush=True)
+        if stopped and stopped is not e:
+            raise stopped from None
         raise
     tracker.finish()
     return result

@@ -202,3 +202,20 @@ def test_progress_lines_reach_the_prefect_logs(quick_run):
     assert any(m.startswith(f"[final] final MLP_WS_AL: done; {N_SEARCH + N_FINAL}/{N_SEARCH + N_FINAL} fits done")
                for m in messages)
     assert any("from the cache" in m for m in messages)  # the second call's groups
+
+
+def test_a_signal_that_prefect_turned_into_its_own_error_is_still_a_signal():
+    """SIGTERM while Prefect creates a task run comes out as Prefect's "Task run is not set" (its crash handler
+    fails); the pipeline must still end its runs KILLED and die by the signal."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+    try:
+        try:
+            raise TerminationSignal(signal.SIGTERM)
+        except TerminationSignal:
+            raise ValueError("Task run is not set")
+    except ValueError as e:
+        assert isinstance(flow_module._signal(e), TerminationSignal)
+    assert flow_module._signal(ValueError("a plain error")) is None
+    assert isinstance(flow_module._signal(KeyboardInterrupt()), KeyboardInterrupt)
