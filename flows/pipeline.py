@@ -17,7 +17,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -168,6 +168,7 @@ class Work:
     runner: object = None
     chunk: int | None = None
     results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
+    submitted: list = field(default_factory=list)  # the task run ids of the groups submitted to Dask
 
     @property
     def train(self):
@@ -181,6 +182,7 @@ def train_groups(groups, parents, w, progress):
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
     futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
                                        "threads": 1}) for g in groups] if w.runner else []
+    w.submitted += [f.task_run_id for f in futures]
     records, logged = [], []
     for i, (group, parent) in enumerate(zip(groups, parents)):
         progress.begin(group)
@@ -202,21 +204,34 @@ def train_groups(groups, parents, w, progress):
 
 def _remote_state(future):
     """The final state of a group's task on Dask. When Dask itself fails (the scheduler gone, a task given up
-    after its workers died), the task run it leaves RUNNING is marked Crashed and the error says how to resume."""
+    after its workers died), the error says how to resume."""
     try:
         future.wait()  # when Dask fails, the state stays unfinished and asking for the result raises its error
         return future.state if future.state.is_final() else future.result(raise_on_failure=False)
     except Exception as e:
-        from prefect import get_client
-        from prefect.states import Crashed
-        try:
-            with get_client(sync_client=True) as client:
-                client.set_task_run_state(future.task_run_id, Crashed(message=f"Dask gave up: {e}"), force=True)
-        except Exception:
-            pass
         raise RuntimeError(f"the Dask cluster failed ({type(e).__name__}: {' '.join(str(e).split())}); finished "
                            "groups are cached: run the same command again once the scheduler and workers are back"
                            ) from None
+
+
+def _crash_open_task_runs(ids, error):
+    """Those of these task runs still open once a failed flow's Dask runner has stopped are marked Crashed: a
+    task Dask gave up on (its workers died) never reports its end, nor do those a local cluster's workers were
+    running when it stopped with the flow."""
+    from prefect import get_client
+    from prefect.client.schemas import filters as F
+    from prefect.states import Crashed
+    if not ids:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            for run in client.read_task_runs(task_run_filter=F.TaskRunFilter(
+                    id=F.TaskRunFilterId(any_=ids),
+                    state=F.TaskRunFilterState(type=F.TaskRunFilterStateType(any_=["RUNNING", "PENDING"])))):
+                client.set_task_run_state(run.id, Crashed(message=f"the flow stopped: {type(error).__name__}: "
+                                                                  f"{error}"), force=True)
+    except Exception as e:  # the server itself may be what failed
+        print(f"could not mark this flow's open task runs Crashed ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def stage(name, groups, w, progress, artifacts):
@@ -240,9 +255,10 @@ def task_runner(run):
 
 
 @contextlib.contextmanager
-def running(runner):
+def running(runner, submitted=()):
     """The runner entered (its local cluster started). Local workers inherit this flow's Prefect API (the
-    temporary server, when no PREFECT_API_URL is set): otherwise each would start a server of its own."""
+    temporary server, when no PREFECT_API_URL is set): otherwise each would start a server of its own. On an
+    error, the `submitted` task runs left open are marked Crashed once the runner has stopped."""
     if runner is None:
         yield None
         return
@@ -254,6 +270,9 @@ def running(runner):
     try:
         with runner as entered:
             yield entered
+    except BaseException as e:
+        _crash_open_task_runs(list(submitted), e)
+        raise
     finally:
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -332,8 +351,10 @@ def _pipeline(**settings):
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
     try:
-        with running(task_runner(run)) as runner:
-            result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results))
+        submitted = []
+        with running(task_runner(run), submitted) as runner:
+            result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results,
+                                                     submitted))
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = _signal(e)
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI

@@ -78,12 +78,14 @@ class Cluster:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def pipeline(self, data_dir, results, experiment, *flags, on_line=None, **env):
+    def pipeline(self, data_dir, results, experiment, *flags, on_line=None, where=None, **env):
+        """The quick profile on this cluster (or `where`: other flags), its servers and chunks of one round."""
         env = dict(self.env, PAIRS_DATA_DIR=data_dir, PREFECT_API_URL=self.api, MLFLOW_TRACKING_URI=self.tracking,
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / results), **env)
-        proc = subprocess.Popen([sys.executable, "-m", "flows", "--profile", "quick", "--cluster", self.scheduler,
-                                 "--chunk", "1", "--experiment", experiment, *flags], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = self.running = subprocess.Popen(
+            [sys.executable, "-m", "flows", "--profile", "quick", *(where or ("--cluster", self.scheduler)),
+             "--chunk", "1", "--experiment", experiment, *flags], env=env, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -133,12 +135,15 @@ def fits_logged_once(client, experiment):
     return len(keys) == len(set(keys)) == sum(P.PROFILES["quick"].fits())
 
 
-def running_task_runs(api):
-    req = urllib.request.Request(f"{api}/task_runs/filter", data=json.dumps(
-        {"task_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).encode(), method="POST",
+def running_task_runs(api, kind="task_runs", names=None):
+    """The names of the task (or flow) runs open on this Prefect server; with `names`, the runs themselves of the
+    task runs whose names start with it."""
+    req = urllib.request.Request(f"{api}/{kind}/filter", data=json.dumps(
+        {kind: {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}).encode(), method="POST",
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as answer:
-        return [t["name"] for t in json.load(answer)]
+        runs = json.load(answer)
+    return [t for t in runs if t["name"].startswith(names)] if names else [t["name"] for t in runs]
 
 
 @pytest.mark.slow
@@ -152,10 +157,8 @@ def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_
     killed = []
 
     def kill_a_worker(line):
-        if "[search]" in line and not killed:  # w1's worker process (its nanny's spawned child), not the nanny
-            children = subprocess.run(["pgrep", "-P", str(cluster.procs["w1"].pid)], capture_output=True,
-                                      text=True).stdout.split()
-            worker = next(int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+        if "[search]" in line and not killed:  # w1's worker process, not its nanny
+            worker = worker_process(cluster.procs["w1"].pid)
             os.kill(worker, signal.SIGKILL)
             killed.append(worker)
     rc, out = cluster.pipeline(data_dir, "results", "dask", on_line=kill_a_worker)
@@ -170,6 +173,48 @@ def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_
     assert not running_task_runs(cluster.api)
 
 
+def worker_process(parent):
+    """A Dask worker process (a nanny's spawned child) of `parent`."""
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return next(int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+
+
+def said(out):
+    """What the pipeline said, without Prefect's log lines (it may still log its shutdown after our last line)."""
+    return [ln for ln in out.strip().splitlines() if not re.match(r"\d\d:\d\d:\d\d\.\d+ \| ", ln)]
+
+
+@pytest.mark.slow
+def test_a_task_dask_gives_up_on_is_one_line_and_leaves_no_run_open(cluster, data_dir):
+    """A local cluster (--workers 1) whose scheduler gives a task up at its first worker death (allowed-failures
+    0); SIGKILL to the worker process once Prefect shows its task run RUNNING: the pipeline stops with one error
+    line, that task run is Crashed, and no run is left RUNNING in MLflow, no task or flow run open in Prefect."""
+    killed = []
+
+    def kill_the_worker(line):
+        deadline = time.time() + 60
+        while not killed and time.time() < deadline:  # groups of a few seconds: 4 MLP cells of 1000 pairs, 60 epochs
+            training = running_task_runs(cluster.api, names="search")
+            if training:
+                killed.append(training[0])
+                os.kill(worker_process(cluster.running.pid), signal.SIGKILL)
+            time.sleep(0.2)
+    rc, out = cluster.pipeline(data_dir, "results-given-up", "dask-given-up", "--until", "search", "--architectures",
+                               "MLP", "--variants", "MLP", "--pairs", "1000", "--epochs", "60", where=("--workers", "1"),
+                               on_line=kill_the_worker, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    assert killed and rc == 1, out[-3000:]
+    last = said(out)[-1]
+    assert last.startswith("error: the Dask cluster failed (KilledWorker") and "run the same command" in last, last
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(cluster.tracking)
+    runs = client.search_runs([client.get_experiment_by_name("dask-given-up").experiment_id])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"], out[-3000:]
+    assert not running_task_runs(cluster.api) and not running_task_runs(cluster.api, "flow_runs"), out[-3000:]
+    with urllib.request.urlopen(f"{cluster.api}/task_runs/{killed[0]['id']}", timeout=10) as answer:
+        state = json.load(answer)["state"]  # (COMPLETED in the rare case that it ended as the kill was sent)
+    assert state["type"] in ("CRASHED", "COMPLETED"), state
+
+
 @pytest.mark.slow
 def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, data_dir, tmp_path):
     gone = threading.Event()
@@ -182,10 +227,9 @@ def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, da
     rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", *small, on_line=stop_the_scheduler,
                                DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")  # give up on it after 3 s
     assert gone.is_set() and rc == 1, out[-3000:]
-    said = [ln for ln in out.strip().splitlines() if not re.match(r"\d\d:\d\d:\d\d\.\d+ \| ", ln)]  # not Prefect's log
-    last = said[-1]  # (Prefect may still log its shutdown after our last line)
+    last = said(out)[-1]
     assert last.startswith("error: the Dask cluster failed") and "run the same command again" in last, last
-    assert sum(ln.startswith("error:") for ln in said) == 1, out[-3000:]
+    assert sum(ln.startswith("error:") for ln in said(out)) == 1, out[-3000:]
     cluster.stop("w0", "w1")
     cluster.start_dask()
     rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", *small)
