@@ -7,8 +7,6 @@ p-values. A fit whose training error stays near chance (>= 0.4) diverged; see `d
 import math
 from dataclasses import dataclass
 
-from scipy import stats as st
-
 DIVERGED_TRAIN_ERROR = 0.4
 
 
@@ -46,6 +44,7 @@ def paired(a, b):
     m, sd = mean_std(d)
     if n < 2:
         return Paired(n, m, math.nan, math.nan, math.nan, math.nan)
+    from scipy import stats as st  # here, not at import: the command line checks its input without it
     half = st.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     t_p = float(st.ttest_rel(b, a).pvalue) if sd > 0 else (1.0 if m == 0 else 0.0)
     w_p = float(st.wilcoxon(d).pvalue) if any(d) else 1.0
