@@ -169,6 +169,7 @@ class Work:
     chunk: int | None = None
     results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
     submitted: list = field(default_factory=list)  # the task run ids of the groups submitted to Dask
+    logging: list = field(default_factory=list)  # the futures of the log_fits tasks
 
     @property
     def train(self):
@@ -197,6 +198,7 @@ def train_groups(groups, parents, w, progress):
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
         logged.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
+        w.logging.append(logged[-1])
         records += got
     [f.result() for f in logged]
     return records
@@ -351,12 +353,14 @@ def _pipeline(**settings):
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
     try:
-        submitted = []
+        submitted, logging = [], []
         with running(task_runner(run), submitted) as runner:
             result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results,
-                                                     submitted))
+                                                     submitted, logging))
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = _signal(e)
+        for f in logging:  # the fits trained are logged (a few seconds at most) before the runs end
+            f.wait(timeout=30)
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
             print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished groups "
                   "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
-"""python -m flows report RUN_ID [--out DIR]: rebuild REPORT.md and its tables and figures from a finished
-pipeline run in the tracking store, without training."""
+"""python -m flows report RUN_ID [RUN_ID ...] [--out DIR]: rebuild REPORT.md and its tables and figures from a
+finished pipeline run in the tracking store, without training; with several runs (say a faithful run and an
+extended study), put their final rounds beside each other (pairs.report.beside)."""
 import argparse
 import json
 import tempfile
@@ -27,11 +28,27 @@ def regenerate(run_id, out):
     return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
 
 
+def beside(run_ids, out):
+    """The final rounds of these pipeline runs beside each other, each named by its study and run."""
+    out.mkdir(parents=True, exist_ok=True)
+    studies = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run_id in enumerate(run_ids):
+            files = download_artifacts(run_id, ["run.json", "final_fits.json"], Path(tmp) / str(i))
+            study = json.loads(files["run.json"].read_text()).get("study", {}).get("path") or "faithful"
+            studies[f"{Path(study).stem} ({run_id[:8]})"] = R.load_records(files["final_fits.json"])
+    return R.beside(studies, out)
+
+
 def main(argv):
     p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__)
-    p.add_argument("run_id")
-    p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID)")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID, or "
+                   "reports/beside for several runs)")
     args = p.parse_args(argv)
-    paths = regenerate(args.run_id, args.out or Path("reports") / args.run_id)
-    print(f"wrote {paths[-1]}")
+    if len(args.run_ids) > 1:
+        paths = beside(args.run_ids, args.out or Path("reports") / "beside")
+    else:
+        paths = regenerate(args.run_ids[0], args.out or Path("reports") / args.run_ids[0])
+    print(f"wrote {paths[-1] if len(args.run_ids) == 1 else paths[0]}")
     return 0

@@ -64,6 +64,7 @@ class Tracker:
             self.db.parent.mkdir(parents=True, exist_ok=True)
         self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid())}
         self.open, self.fit_runs = [], {}  # fit key -> its run, for the fits logged or found by this tracker
+        self.guard, self.closed = threading.Lock(), False  # no run is created once finish() has begun
         with self.lock():
             self.client = MlflowClient(self.uri)
             attached = os.environ.get("MLFLOW_RUN_ID")
@@ -101,8 +102,11 @@ class Tracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _create(self, name, tags):
-        run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**self.tags, **tags}).info.run_id
-        self.open.append(run_id)
+        with self.guard:  # (a logging thread may create a fit run while a signal has the main thread finish)
+            if self.closed:
+                raise RuntimeError(f"the pipeline's runs are ended: no new run ({name})")
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**self.tags, **tags}).info.run_id
+            self.open.append(run_id)
         return run_id
 
     def child(self, name, tags=None):
@@ -121,8 +125,11 @@ class Tracker:
             self.open.remove(run_id)
 
     def finish(self, status="FINISHED"):
-        """End every run this tracker still holds open (the pipeline run only if it opened it)."""
-        for run_id in reversed(list(self.open)):
+        """End every run this tracker still holds open (the pipeline run only if it opened it); none is created
+        after this."""
+        with self.guard:
+            self.closed, runs = True, list(self.open)
+        for run_id in reversed(runs):
             self.end(run_id, status)
 
     def trial_run(self, name, key, parent_id, params):

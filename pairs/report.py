@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import FitRecord, final_groups, final_table, search_table  # noqa: E402
+from .protocol import FitRecord, _groupby, final_groups, final_table, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
 from .train import Training  # noqa: E402
 
@@ -426,3 +426,58 @@ def full_report(search, final, selection, protocol, out, meta, study=None):
     paths = search_artifacts(search, out) + final_artifacts(final, out)
     (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta, study))
     return paths + [out / "REPORT.md"]
+
+
+def beside(studies, out):
+    """Several studies' final rounds in one place: Table 2 with a study column (a row per configuration), the
+    test error of every round in one figure, and each later study's rows against the first study's rows of
+    the same architecture, paired over the rounds that drew the same pairs. `studies`: {name: final records}.
+    Written to out as beside.md, beside_table2.csv, beside_paired.csv and beside_test_error.png."""
+    default, rows, errors = Training(), [], []
+    for study, records in studies.items():
+        for cfg, group in _groupby(records, lambda r: r.config).items():
+            options = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in cfg.training().items() if v != getattr(default, k))
+            tr, te = mean_std([r.final_errors[0] for r in group]), mean_std([r.final_errors[1] for r in group])
+            rows.append({"row": len(rows) + 1, "study": study, "variant": cfg.variant, "options": options,
+                         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "rounds": len(group),
+                         "train_error_mean": tr[0], "train_error_std": tr[1], "test_error_mean": te[0],
+                         "test_error_std": te[1], "param_count": group[0].param_count,
+                         "s_per_epoch": sum(r.s_per_epoch for r in group) / len(group)})
+            errors.append({(r.round, r.pairs, r.data_seed): r.final_errors[1] for r in group})
+    name = lambda r: f"#{r['row']} {r['study']} {r['variant']} {r['batch_size']}/{r['epochs']}"  # noqa: E731
+    first, compared = next(iter(studies)), []
+    for b, eb in zip(rows, errors):
+        for a, ea in zip(rows, errors):
+            if b["study"] != first and a["study"] == first and parse(a["variant"])[0] == parse(b["variant"])[0]:
+                shared = sorted(eb.keys() & ea.keys())  # the same round, the same draw of pairs
+                p = paired([ea[k] for k in shared], [eb[k] for k in shared])
+                compared.append({"row": b["row"], "against": a["row"], "n": p.n, "diff_mean": p.mean_diff,
+                                 "ci_low": p.ci_low, "ci_high": p.ci_high, "t_pvalue": p.t_pvalue})
+    t2 = pd.DataFrame(rows)
+    cmp = pd.DataFrame(compared, columns=["row", "against", "n", "diff_mean", "ci_low", "ci_high", "t_pvalue"])
+    t2.to_csv(out / "beside_table2.csv", index=False)
+    cmp.to_csv(out / "beside_paired.csv", index=False)
+    shown = pd.DataFrame({"#": t2.row, "study": t2.study, "variant": t2.variant, "options": t2.options,
+                          "batch/epochs": [f"{b}/{e}" for b, e in zip(t2.batch_size, t2.epochs)],
+                          "rounds": t2.rounds,
+                          "test error %": [_pm(m, s) for m, s in zip(t2.test_error_mean, t2.test_error_std)],
+                          "train error %": [_pm(m, s) for m, s in zip(t2.train_error_mean, t2.train_error_std)],
+                          "params": t2.param_count, "s/epoch": [f"{s:.3f}" for s in t2.s_per_epoch]})
+    lines = ["# Final rounds beside each other", "", f"Studies: {', '.join(studies)}. Mean ± std over rounds; "
+             "options: those not at the study's default.", "", markdown(shown),
+             f"Each row against the rows of {first} of its architecture: the difference in test error (that row "
+             "minus the other, points) over the rounds that drew the same pairs, 95% CI.", ""]
+    lines += [f"- {name(rows[c.row - 1])} vs {name(rows[c.against - 1])}: {100 * c.diff_mean:+.2f} "
+              f"({100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}), n={c.n}" for c in cmp.itertuples()
+              ] or ["- no two rows to compare"]
+    (out / "beside.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
+    for i, e in enumerate(errors):
+        errs = [max(100 * v, 0.05) for v in e.values()]  # (a round without errors, on the log axis)
+        ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
+        ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, s=10, zorder=3)
+    ax.set_xticks(range(len(rows)), [f"#{r['row']} {r['variant']}" for r in rows], rotation=40, ha="right")
+    ax.set(ylabel="test error %", yscale="log", title="Test error of every final round (# as in beside.md)")
+    return [out / "beside.md", out / "beside_table2.csv", out / "beside_paired.csv",
+            *_save(fig, out, "beside_test_error")]

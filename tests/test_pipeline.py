@@ -162,6 +162,28 @@ def test_report_regenerates_from_the_store(quick_run, tmp_path, monkeypatch):
     assert len(paths) > 10
 
 
+def test_two_runs_beside_each_other(quick_run, tmp_path, monkeypatch):
+    """`python -m flows report RUN RUN`: one table of both runs' final rows (the second run's came from the cache:
+    the same numbers) and each second-run row paired with the first run's rows of its architecture."""
+    from flows.report import main
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", quick_run["uri"])
+    a, b = quick_run["first"]["run_id"], quick_run["second"]["run_id"]
+    assert main([a, b, "--out", str(tmp_path / "beside")]) == 0
+    t2 = pd.read_csv(tmp_path / "beside" / "beside_table2.csv")
+    first = pd.read_csv(io.BytesIO(artifact(quick_run["client"], a, "table2.csv", tmp_path / "dl")))
+    assert len(t2) == 2 * len(first) == 16 and list(t2.row) == list(range(1, 17))
+    for study in t2.study.unique():
+        mine = t2[t2.study == study].set_index("variant")
+        assert mine.test_error_mean.to_dict() == pytest.approx(first.set_index("variant").test_error_mean.to_dict())
+    paired = pd.read_csv(tmp_path / "beside" / "beside_paired.csv")
+    assert len(paired) == 8 * 4  # each of the second run's rows against the 4 of its architecture in the first
+    rows = t2.set_index("row")
+    same = paired[[rows.variant[r] == rows.variant[g] for r, g in zip(paired.row, paired.against)]]
+    assert len(same) == 8 and (same.n == QUICK.final_rounds).all() and (same.diff_mean == 0).all()
+    assert (tmp_path / "beside" / "beside_test_error.png").stat().st_size > 0
+    assert "#9 " in (tmp_path / "beside" / "beside.md").read_text()
+
+
 def test_statistics_match_a_direct_computation_on_the_logged_errors(quick_run, tmp_path):
     """statistics.csv against scipy on the test errors as MLflow holds them, per technique and architecture."""
     from scipy import stats
@@ -219,3 +241,21 @@ def test_a_signal_that_prefect_turned_into_its_own_error_is_still_a_signal():
         assert isinstance(flow_module._signal(e), TerminationSignal)
     assert flow_module._signal(ValueError("a plain error")) is None
     assert isinstance(flow_module._signal(KeyboardInterrupt()), KeyboardInterrupt)
+
+
+def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
+    """A signal has the main thread end the runs (finish) while a logging thread may still create a fit run:
+    that run is either ended by finish or never created, so none is left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.tracking import Tracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    tracker = Tracker("stopping", run_name="pipeline", uri=uri)
+    stage = tracker.child("search")
+    tracker.finish("KILLED")
+    with pytest.raises(RuntimeError, match="no new run"):
+        tracker.child("a fit logged after the signal")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("stopping").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and stage in {r.info.run_id for r in runs}
