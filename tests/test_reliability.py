@@ -205,9 +205,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD, ids=[str(b[0]) for b in BAD])
-def test_bad_input_fails_fast_and_writes_nothing(data_dir, tmp_path, args, message):
-    env = env_for(tmp_path, data_dir, None)
+def _bad_run(case, data_dir, tmp_path):
+    """One bad input through the command line: (completed process, seconds)."""
+    args, env = BAD[case][0], env_for(tmp_path, data_dir, None)
     if args == "file":
         (tmp_path / "afile").write_text("not a folder")
         args = ["--data-dir", str(tmp_path / "afile")]
@@ -222,11 +222,28 @@ def test_bad_input_fails_fast_and_writes_nothing(data_dir, tmp_path, args, messa
         args = ["--data-dir", _corrupt(data_dir, tmp_path, *args)]
     t = time.time()
     out = cli(["--profile", "quick", *args], env, timeout=60)
+    return out, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def bad_runs(data_dir, tmp_path_factory):
+    """Every bad input's process, two at a time (one per core): {case: (process, seconds, its folder)}."""
+    from concurrent.futures import ThreadPoolExecutor
+    folders = [tmp_path_factory.mktemp(f"bad{i}") for i in range(len(BAD))]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda i: _bad_run(i, data_dir, folders[i]), range(len(BAD))))
+    return {i: (*run, folders[i]) for i, run in enumerate(runs)}
+
+
+@pytest.mark.parametrize("case", range(len(BAD)), ids=[str(b[0]) for b in BAD])
+def test_bad_input_fails_fast_and_writes_nothing(bad_runs, case):
+    out, seconds, folder = bad_runs[case]
+    message = BAD[case][1]
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert message in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) <= 3  # a short message, no traceback
-    assert time.time() - t < 30
-    assert not (tmp_path / "store").exists()  # nothing written to the tracking store
+    assert seconds < 30
+    assert not (folder / "store").exists()  # nothing written to the tracking store
 
 
 def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
