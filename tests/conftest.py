@@ -44,3 +44,40 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return MlflowClient(uri)
+
+
+def runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=5000) if exp else []
+
+
+def fit_runs(client, experiment):
+    return [r for r in runs(client, experiment) if "pairs.fit_key" in r.data.tags]
+
+
+@pytest.fixture(scope="session")
+def quick_run(prefect_env, data_dir, tmp_path_factory):
+    """One quick pipeline call in its own store, then a second identical call; shared by the modules that read
+    a finished run (the pipeline's own checks, and the uninterrupted reference of the crash tests)."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import pipeline as flow_module
+    from pairs import protocol as P
+    folder = tmp_path_factory.mktemp("quick")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    client = MlflowClient(uri)
+    mp.setattr(flow_module, "PROGRESS_EVERY", 0)  # a progress line after every epoch
+    try:
+        first = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="quick")
+        fits_after_first = len(fit_runs(client, "quick"))
+        trained = []  # groups the second call trains: none, every one comes from the cache
+        mp.setattr(P, "train_group", lambda group, *a, _real=P.train_group, **k: trained.append(group.label) or
+                   _real(group, *a, **k))
+        second = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="quick")
+    finally:
+        mp.undo()
+    return {"client": client, "uri": uri, "first": first, "second": second, "fits_after_first": fits_after_first,
+            "trained_again": trained}

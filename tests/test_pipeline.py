@@ -1,6 +1,5 @@
 """The pipeline end to end on the real Prefect engine and a real MLflow store, read back as a user would."""
 import io
-import time
 
 import pandas as pd
 import pytest
@@ -16,42 +15,11 @@ FIT_PARAMS = {"variant", "architecture", "weight_sharing", "aux_loss", "aux_weig
               "seed", "round", "stage"}
 
 
-def runs(client, experiment):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=5000) if exp else []
-
-
-def fit_runs(client, experiment):
-    return [r for r in runs(client, experiment) if "pairs.fit_key" in r.data.tags]
+from conftest import fit_runs, runs  # noqa: E402,F401  (quick_run, the session's quick pipeline, is there too)
 
 
 def artifact(client, run_id, path, tmp_path):
     return open(client.download_artifacts(run_id, path, str(tmp_path)), "rb").read()
-
-
-@pytest.fixture(scope="module")
-def quick_run(prefect_env, data_dir, tmp_path_factory):
-    """One quick pipeline call in its own store, then a second identical call (timed)."""
-    from mlflow.tracking import MlflowClient
-    folder = tmp_path_factory.mktemp("quick")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    client = MlflowClient(uri)
-    mp.setattr(flow_module, "PROGRESS_EVERY", 0)  # a progress line after every epoch
-    t0 = time.time()
-    first = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
-    t1 = time.time()
-    fits_after_first = len(fit_runs(client, "quick"))
-    trained = []  # groups the second call trains: none, every one comes from the cache
-    mp.setattr(P, "train_group", lambda group, *a, _real=P.train_group, **k: trained.append(group.label) or
-               _real(group, *a, **k))
-    second = pipeline(profile="quick", data_dir=data_dir, experiment="quick")
-    t2 = time.time()
-    yield {"client": client, "uri": uri, "first": first, "second": second, "t_first": t1 - t0, "t_second": t2 - t1,
-           "fits_after_first": fits_after_first, "trained_again": trained}
-    mp.undo()
 
 
 def test_fit_runs_match_the_counts(quick_run):

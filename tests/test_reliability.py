@@ -100,13 +100,13 @@ def fits_by_unit(runs):
 
 
 @pytest.fixture(scope="module")
-def reference(prefect_server, data_dir, tmp_path_factory):
-    """An uninterrupted run of the small protocol, in its own store and cache."""
-    tmp = tmp_path_factory.mktemp("reference")
-    env = env_for(tmp, data_dir, prefect_server)
-    out = cli(SMALL, env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return fits_by_unit(all_runs(env))
+def reference(quick_run):
+    """The fits of an uninterrupted run of the small protocol (the quick profile: the session's quick run)."""
+    assert [a for a in SMALL if a.startswith("--")] == ["--profile", "--search-rounds", "--folds", "--final-rounds"]
+    assert (PROFILES["quick"].search_rounds, PROFILES["quick"].folds, PROFILES["quick"].final_rounds) == (2, 3, 2)
+    client = quick_run["client"]
+    return fits_by_unit(client.search_runs([client.get_experiment_by_name("quick").experiment_id],
+                                           max_results=10000))
 
 
 def test_sigkill_mid_search_then_rerun_gives_the_uninterrupted_results(reference, prefect_server, data_dir,
