@@ -31,7 +31,8 @@ def _argument_type(setting):
 def run_parser():
     p = Parser(prog="python -m flows", description="Run the pairs pipeline.",
                epilog="Other commands: `python -m flows serve` (a Prefect deployment), "
-                      "`python -m flows report RUN_ID` (rebuild a report), `python -m flows bench`, "
+                      "`python -m flows report RUN_ID [RUN_ID ...]` (rebuild a report, or put runs beside each other), "
+                      "`python -m flows bench`, "
                       "`python -m flows mlproject` (rewrite MLproject from the settings).")
     for s in SETTINGS:
         shown = " (default: the profile's)" if s.from_profile else f" (default: {s.default})" * (s.default is not None)
