@@ -184,7 +184,7 @@ def train_groups(groups, parents, w, progress):
     futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
                                        "threads": 1}) for g in groups] if w.runner else []
     w.submitted += [f.task_run_id for f in futures]
-    records, logged = [], []
+    records, first_log = [], len(w.logging)
     for i, (group, parent) in enumerate(zip(groups, parents)):
         progress.begin(group)
         if w.runner:
@@ -197,10 +197,9 @@ def train_groups(groups, parents, w, progress):
         got = [FitRecord.from_json(d) for d in out["records"]]
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
-        logged.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
-        w.logging.append(logged[-1])
+        w.logging.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
         records += got
-    [f.result() for f in logged]
+    [f.result() for f in w.logging[first_log:]]
     return records
 
 
@@ -220,11 +219,11 @@ def _crash_open_task_runs(ids, error):
     """Those of these task runs still open once a failed flow's Dask runner has stopped are marked Crashed: a
     task Dask gave up on (its workers died) never reports its end, nor do those a local cluster's workers were
     running when it stopped with the flow."""
+    if not ids:
+        return
     from prefect import get_client
     from prefect.client.schemas import filters as F
     from prefect.states import Crashed
-    if not ids:
-        return
     try:
         with get_client(sync_client=True) as client:
             for run in client.read_task_runs(task_run_filter=F.TaskRunFilter(
@@ -352,14 +351,13 @@ def _pipeline(**settings):
     device = str(resolve_device(run.device))
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
+    w = Work(tracker, (), root, device, chunk=run.chunk, results=run.results)
     try:
-        submitted, logging = [], []
-        with running(task_runner(run), submitted) as runner:
-            result = _run(protocol, study, run, Work(tracker, (), root, device, runner, run.chunk, run.results,
-                                                     submitted, logging))
+        with running(task_runner(run), w.submitted) as w.runner:
+            result = _run(protocol, study, run, w)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = _signal(e)
-        for f in logging:  # the fits trained are logged (a few seconds at most) before the runs end
+        for f in w.logging:  # the fits trained are logged (a few seconds at most) before the runs end
             f.wait(timeout=30)
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
             print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished groups "

@@ -50,5 +50,5 @@ def main(argv):
         paths = beside(args.run_ids, args.out or Path("reports") / "beside")
     else:
         paths = regenerate(args.run_ids[0], args.out or Path("reports") / args.run_ids[0])
-    print(f"wrote {paths[-1] if len(args.run_ids) == 1 else paths[0]}")
+    print(f"wrote {paths[-1]}")
     return 0

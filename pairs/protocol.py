@@ -147,6 +147,12 @@ class FitRecord(Fit):
         return cls(**d | tuples | {"config": FitConfig(**d["config"]), "scores": tuple(map(tuple, d["scores"]))})
 
 
+def options_text(config):
+    """The training options of a config not at the study's default, as `name=value` words."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in config.training().items() if v != getattr(DEFAULT, k))
+
+
 @dataclass(frozen=True)
 class Group:
     """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
@@ -157,7 +163,7 @@ class Group:
     @property
     def label(self):
         f = self.fits[0]
-        options = " ".join(f"{k}={v}" for k, v in f.config.training().items() if v != getattr(DEFAULT, k))
+        options = options_text(f.config)
         if f.stage == "final":
             label = f"final {f.variant}" + (f" ({self.name})" if self.name else "")
         else:

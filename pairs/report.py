@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import FitRecord, _groupby, final_groups, final_table, search_table  # noqa: E402
+from .protocol import FitRecord, _groupby, final_groups, final_table, options_text, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
 from .train import Training  # noqa: E402
 
@@ -140,6 +140,12 @@ def loss_figures(records, out):
     return paths
 
 
+def _strip(ax, i, errs, colors=None):
+    """A box of these errors at x = i, with each one as a dot beside it."""
+    ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
+    ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, c=colors, s=12, zorder=3)
+
+
 def error_strip(records, out):
     """Test error of every final fit, per variant: diverged fits stand out in red."""
     variants = list(dict.fromkeys(r.variant for r in records))
@@ -147,9 +153,7 @@ def error_strip(records, out):
     for i, v in enumerate(variants):
         group = [r for r in records if r.variant == v]
         errs = [100 * r.final_errors[1] for r in group]
-        colors = ["red" if diverged(r.final_errors[0]) else "C0" for r in group]
-        ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
-        ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, c=colors, s=12, zorder=3)
+        _strip(ax, i, errs, ["red" if diverged(r.final_errors[0]) else "C0" for r in group])
     ax.set_xticks(range(len(variants)), variants, rotation=30)
     ax.set(ylabel="test error %", title="Test error per variant over rounds (red: diverged)")
     return _save(fig, out, "test_error_by_round")
@@ -433,17 +437,10 @@ def beside(studies, out):
     test error of every round in one figure, and each later study's rows against the first study's rows of
     the same architecture, paired over the rounds that drew the same pairs. `studies`: {name: final records}.
     Written to out as beside.md, beside_table2.csv, beside_paired.csv and beside_test_error.png."""
-    default, rows, errors = Training(), [], []
+    rows, errors = [], []
     for study, records in studies.items():
         for cfg, group in _groupby(records, lambda r: r.config).items():
-            options = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in cfg.training().items() if v != getattr(default, k))
-            tr, te = mean_std([r.final_errors[0] for r in group]), mean_std([r.final_errors[1] for r in group])
-            rows.append({"row": len(rows) + 1, "study": study, "variant": cfg.variant, "options": options,
-                         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "rounds": len(group),
-                         "train_error_mean": tr[0], "train_error_std": tr[1], "test_error_mean": te[0],
-                         "test_error_std": te[1], "param_count": group[0].param_count,
-                         "s_per_epoch": sum(r.s_per_epoch for r in group) / len(group)})
+            rows.append({"row": len(rows) + 1, "study": study, "options": options_text(cfg), **final_table(group)[0]})
             errors.append({(r.round, r.pairs, r.data_seed): r.final_errors[1] for r in group})
     name = lambda r: f"#{r['row']} {r['study']} {r['variant']} {r['batch_size']}/{r['epochs']}"  # noqa: E731
     first, compared = next(iter(studies)), []
@@ -474,10 +471,8 @@ def beside(studies, out):
     (out / "beside.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
     for i, e in enumerate(errors):
-        errs = [max(100 * v, 0.05) for v in e.values()]  # (a round without errors, on the log axis)
-        ax.boxplot([errs], positions=[i], widths=0.5, showfliers=False)
-        ax.scatter([i + 0.15 * ((k % 5) - 2) / 2 for k in range(len(errs))], errs, s=10, zorder=3)
+        _strip(ax, i, [max(100 * v, 0.05) for v in e.values()])  # (a round without errors, on the log axis)
     ax.set_xticks(range(len(rows)), [f"#{r['row']} {r['variant']}" for r in rows], rotation=40, ha="right")
     ax.set(ylabel="test error %", yscale="log", title="Test error of every final round (# as in beside.md)")
-    return [out / "beside.md", out / "beside_table2.csv", out / "beside_paired.csv",
-            *_save(fig, out, "beside_test_error")]
+    return [out / "beside_table2.csv", out / "beside_paired.csv", *_save(fig, out, "beside_test_error"),
+            out / "beside.md"]
