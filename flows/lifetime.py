@@ -17,6 +17,7 @@ forked it ends):
 Only our own children are signalled, by the kernel: nothing is looked up by name or killed by scanning, so a
 `prefect server` the user started, other pipelines and other processes are never touched. Elsewhere: no-op.
 """
+import contextlib
 import ctypes
 import os
 import queue
@@ -122,3 +123,21 @@ def guard_child():
     same guard, and the child dies with its parent. Anywhere else (pytest, a notebook) it does nothing."""
     if os.environ.get(_GUARD) == str(os.getppid()):
         _guard(lambda parent: True)
+
+
+@contextlib.contextmanager
+def signals_held(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Ctrl-C and SIGTERM that arrive in the block take effect as it ends, so that a task submitted in it is also
+    recorded (a stop waits for the logging it recorded). In the main thread; elsewhere signals stay as they are."""
+    got, old = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signums:
+            if signal.getsignal(s) not in (None, signal.SIG_IGN):  # None: a handler set outside Python
+                old[s] = signal.signal(s, lambda n, frame: got.append(n))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])

@@ -32,8 +32,9 @@ from pairs.data import DataError, check_mnist, data_root, derive_seed, mnist_fin
 from pairs.protocol import FitRecord
 from pairs.train import describe_machine, pack_model, resolve_device, unpack_model
 
+from .lifetime import signals_held
 from .settings import check_inputs, optuna_storage, signature
-from .tracking import Tracker
+from .tracking import RunsEnded, Tracker
 
 # Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
@@ -136,7 +137,10 @@ def train(group, context, root, device, on_epoch=None, threads=None):
 
 @task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
 def log_fits(tracker, records, parent_id, context, n, models=None, example=None):
-    return tracker.log_fits(records, parent_id, context, models, example)
+    try:
+        return tracker.log_fits(records, parent_id, context, models, example)
+    except RunsEnded:  # a stop that could not wait for this logging; the fits are cached, the rerun logs them
+        print(f"{n} fits not logged: the pipeline had stopped; the rerun logs them")
 
 
 @task(cache_policy=NO_CACHE)
@@ -181,9 +185,10 @@ def train_groups(groups, parents, w, progress):
     id, or one per group). With a Dask runner every group is submitted at once and the results are taken in
     order as they come; in this process they train one after another, reporting epochs."""
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
-    futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
-                                       "threads": 1}) for g in groups] if w.runner else []
-    w.submitted += [f.task_run_id for f in futures]
+    with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
+        futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
+                                           "threads": 1}) for g in groups] if w.runner else []
+        w.submitted += [f.task_run_id for f in futures]
     records, first_log = [], len(w.logging)
     for i, (group, parent) in enumerate(zip(groups, parents)):
         progress.begin(group)
@@ -197,7 +202,8 @@ def train_groups(groups, parents, w, progress):
         got = [FitRecord.from_json(d) for d in out["records"]]
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
-        w.logging.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
+        with signals_held():  # what is submitted is recorded (a stop waits for these fits to be logged)
+            w.logging.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
         records += got
     [f.result() for f in w.logging[first_log:]]
     return records

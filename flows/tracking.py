@@ -32,6 +32,10 @@ from .settings import sqlite_path, tracking_uri
 PARENT = "mlflow.parentRunId"
 PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
 MODEL_LOCK = threading.Lock()
+
+
+class RunsEnded(RuntimeError):
+    """A run was asked for after the pipeline had ended its runs (a stop)."""
 REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
 
 
@@ -104,7 +108,7 @@ class Tracker:
     def _create(self, name, tags):
         with self.guard:  # (a logging thread may create a fit run while a signal has the main thread finish)
             if self.closed:
-                raise RuntimeError(f"the pipeline's runs are ended: no new run ({name})")
+                raise RunsEnded(f"the pipeline's runs are ended: no new run ({name})")
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**self.tags, **tags}).info.run_id
             self.open.append(run_id)
         return run_id

@@ -46,6 +46,14 @@ def store(tmp_path, monkeypatch):
     return MlflowClient(uri)
 
 
+def excerpt(out, marks=("Traceback", "Logging error", "Error", "error:")):
+    """A failing command's output as a reader needs it: from the first line that shows a problem (a traceback can
+    be followed by hundreds of lines), then the end."""
+    first = min((i for i in (out.find(m) for m in marks) if i >= 0), default=len(out))
+    head = out[max(0, first - 500):first + 2500]
+    return head + ("\n[...]\n" + out[-1500:] if first + 2500 < len(out) - 1500 else out[first + 2500:])
+
+
 def runs(client, experiment):
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], max_results=5000) if exp else []

@@ -1,5 +1,9 @@
 """The pipeline end to end on the real Prefect engine and a real MLflow store, read back as a user would."""
 import io
+import os
+import signal
+import time
+from dataclasses import fields
 
 import pandas as pd
 import pytest
@@ -197,8 +201,6 @@ def test_progress_lines_reach_the_prefect_logs(quick_run):
 def test_a_signal_that_prefect_turned_into_its_own_error_is_still_a_signal():
     """SIGTERM while Prefect creates a task run comes out as Prefect's "Task run is not set" (its crash handler
     fails); the pipeline must still end its runs KILLED and die by the signal."""
-    import signal
-
     from prefect.exceptions import TerminationSignal
     try:
         try:
@@ -209,6 +211,18 @@ def test_a_signal_that_prefect_turned_into_its_own_error_is_still_a_signal():
         assert isinstance(flow_module._signal(e), TerminationSignal)
     assert flow_module._signal(ValueError("a plain error")) is None
     assert isinstance(flow_module._signal(KeyboardInterrupt()), KeyboardInterrupt)
+
+
+def test_signals_held_take_effect_as_the_block_ends():
+    from flows.lifetime import signals_held
+    before = signal.getsignal(signal.SIGINT)
+    reached = False
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now: it only noted the signal
+            reached = True
+    assert reached and signal.getsignal(signal.SIGINT) is before
 
 
 def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
@@ -224,6 +238,11 @@ def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
     tracker.finish("KILLED")
     with pytest.raises(RuntimeError, match="no new run"):
         tracker.child("a fit logged after the signal")
+    # the logging task the stop could not wait for says so and ends (no retries, no error at exit)
+    fit = P.search_groups(P.PROFILES["quick"])[0].fits[0]
+    record = P.FitRecord(**{f.name: getattr(fit, f.name) for f in fields(fit)}, train_loss=(0.5,), main_loss=(0.5,),
+                         aux_loss=(), scores=((1, 0.1, 0.2),), param_count=1, s_per_epoch=0.1)
+    assert flow_module.log_fits.fn(tracker, [record], stage, (), 1) is None
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("stopping").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and stage in {r.info.run_id for r in runs}
