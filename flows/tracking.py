@@ -32,11 +32,11 @@ from .settings import sqlite_path, tracking_uri
 PARENT = "mlflow.parentRunId"
 PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
 MODEL_LOCK = threading.Lock()
+REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
 
 
 class RunsEnded(RuntimeError):
     """A run was asked for after the pipeline had ended its runs (a stop)."""
-REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
 
 
 def download_artifacts(run_id, names, folder):

@@ -6,7 +6,8 @@ Each temporary server costs 15-25 s to start on a small machine, so one batch of
 (module fixture `batch`) and each case is a test of its own on what was recorded: SIGINT, SIGTERM and SIGKILL
 to `python -m flows` (then the same command again), SIGTERM to `mlflow run` alone, SIGKILL to `serve` during
 a flow run, and a pipeline running beside them that must finish untouched. Processes are found in /proc:
-descendants and process-group members, recorded before the signal and looked up again after it.
+descendants and process-group members, recorded before the signal and looked up again after it. Ctrl-C and
+SIGTERM are also checked for what they leave in MLflow and say (every run ended, one line).
 """
 import json
 import os
@@ -19,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import excerpt
 
 ROOT = Path(__file__).resolve().parent.parent
 # The stopped pipelines: a group takes a second or two, so that the signal, sent as the first group is done, finds
@@ -224,7 +227,8 @@ def batch(data_dir, tmp_path_factory):
             facts[name] = {"code": run.proc.returncode, "gone_after": run.gone_after,
                            "left": {p: cmdline(p) for p in run.left()}, "servers": run.servers,
                            "family": len(run.family), "output": run.output(),
-                           "said": [ln.strip() for ln in run.lines if "stopped by" in ln]}
+                           "said": [ln.strip() for ln in run.lines if "stopped by" in ln],
+                           "text": "".join(run.lines), "runs": mlflow_runs(run.env)}
             if name == "SIGKILL":  # the same command again: it resumes and ends normally, leaving nothing behind
                 again = runs["SIGKILL again"] = Run(run.cmd, run.env)
         again.proc.wait(300)
@@ -251,6 +255,26 @@ def batch(data_dir, tmp_path_factory):
                     pass
 
 
+def mlflow_runs(env):
+    """(name, status, is a fit) of every run in the store `env` names."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return [(r.info.run_name, r.info.status, "pairs.fit_key" in r.data.tags)
+            for r in (client.search_runs(exps, max_results=10000) if exps else [])]
+
+
+def check_runs_ended(facts, name):
+    """What a Ctrl-C or SIGTERM leaves: one line that says so, no traceback, no MLflow run RUNNING, the pipeline's
+    own runs (pipeline, stages) KILLED."""
+    f = facts[name]
+    said = [ln for ln in f["text"].splitlines() if "run the same command again to resume" in ln]
+    assert len(said) == 1 and "stopped by" in said[0], excerpt(f["text"])
+    assert "Traceback" not in f["text"] and "Logging error" not in f["text"], excerpt(f["text"])
+    assert not [n for n, status, _ in f["runs"] if status == "RUNNING"], f["runs"]
+    assert {status for _, status, fit in f["runs"] if not fit} == {"KILLED"}, f["runs"]
+
+
 def check_stopped(facts, name, code):
     f = facts[name]
     assert f["servers"], f"{name}: no temporary server was running when signalled\n{f['output']}"
@@ -261,11 +285,13 @@ def check_stopped(facts, name, code):
 
 def test_sigint_to_the_pipeline_alone_leaves_no_process(batch):
     check_stopped(batch, "SIGINT", 130)
+    check_runs_ended(batch, "SIGINT")
 
 
 def test_sigterm_to_the_pipeline_alone_leaves_no_process(batch):
     check_stopped(batch, "SIGTERM", -signal.SIGTERM)
     assert any("stopped by SIGTERM" in ln for ln in batch["SIGTERM"]["said"]), batch["SIGTERM"]["output"]
+    check_runs_ended(batch, "SIGTERM")
 
 
 def test_sigkill_to_the_pipeline_leaves_no_process_and_the_same_command_resumes(batch):
