@@ -42,6 +42,18 @@ def run_parser():
     return p
 
 
+def run_values(argv):
+    """The run's settings from its command line, checked before any Prefect or MLflow call: a bad one exits 2
+    with one line."""
+    values = vars(run_parser().parse_args(argv))
+    try:
+        check_inputs(**values)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return values
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     guard_process()
@@ -51,12 +63,7 @@ def main(argv=None):
         return 0
     if argv and argv[0] in ("serve", "report", "bench"):
         return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
-    values = vars(run_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv))
-    try:
-        check_inputs(**values)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    values = run_values(argv[1:] if argv[:1] == ["run"] else argv)
     from prefect.exceptions import TerminationSignal
 
     from .pipeline import pipeline

@@ -184,8 +184,8 @@ BAD = [
 ]
 
 
-def _bad_run(case, data_dir, tmp_path):
-    """One bad input through the command line: (completed process, seconds)."""
+def _bad_case(case, data_dir, tmp_path):
+    """A bad input's command line and environment, with its store under tmp_path/store."""
     args, env = BAD[case][0], env_for(tmp_path, data_dir, None)
     if args == "file":
         (tmp_path / "afile").write_text("not a folder")
@@ -199,30 +199,51 @@ def _bad_run(case, data_dir, tmp_path):
         args = []
     elif isinstance(args, tuple):
         args = ["--data-dir", _corrupt(data_dir, tmp_path, *args)]
-    t = time.time()
-    out = cli(["--profile", "quick", *args], env, timeout=60)
-    return out, time.time() - t
-
-
-@pytest.fixture(scope="module")
-def bad_runs(data_dir, tmp_path_factory):
-    """Every bad input's process, two at a time (one per core): {case: (process, seconds, its folder)}."""
-    from concurrent.futures import ThreadPoolExecutor
-    folders = [tmp_path_factory.mktemp(f"bad{i}") for i in range(len(BAD))]
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda i: _bad_run(i, data_dir, folders[i]), range(len(BAD))))
-    return {i: (*run, folders[i]) for i, run in enumerate(runs)}
+    return ["--profile", "quick", *args], env
 
 
 @pytest.mark.parametrize("case", range(len(BAD)), ids=[str(b[0]) for b in BAD])
-def test_bad_input_fails_fast_and_writes_nothing(bad_runs, case):
-    out, seconds, folder = bad_runs[case]
-    message = BAD[case][1]
+def test_bad_input_fails_with_one_line_and_writes_nothing(case, data_dir, tmp_path, monkeypatch, capsys):
+    """Every bad input through the command line's own parsing and checks, in this process (22 interpreters
+    would cost 45 s); a few of them through a real process below."""
+    from flows.__main__ import run_values
+    argv, env = _bad_case(case, data_dir, tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "PAIRS_DATA_DIR"):
+        monkeypatch.setenv(key, env[key])
+    with pytest.raises(SystemExit) as stopped:
+        run_values(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and BAD[case][1] in err, err
+    assert len(err.strip().splitlines()) <= 3  # a short message, no traceback
+    assert not (tmp_path / "store").exists()  # nothing written to the tracking store
+
+
+# through `python -m flows`: a flag argparse rejects, a value the checks reject, a corrupt file, no store server
+IN_A_PROCESS = [0, 4, 17, 21]
+
+
+@pytest.fixture(scope="module")
+def bad_processes(data_dir, tmp_path_factory):
+    """Those bad inputs as processes, two at a time (one per core): {case: (process, seconds, its folder)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case):
+        folder = tmp_path_factory.mktemp(f"bad{case}")
+        argv, env = _bad_case(case, data_dir, folder)
+        t = time.time()
+        return cli(argv, env, timeout=60), time.time() - t, folder
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(IN_A_PROCESS, pool.map(run, IN_A_PROCESS)))
+
+
+@pytest.mark.parametrize("case", IN_A_PROCESS, ids=[str(BAD[i][0]) for i in IN_A_PROCESS])
+def test_bad_input_to_the_command_exits_2_in_seconds(bad_processes, case):
+    out, seconds, folder = bad_processes[case]
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert message in out.stderr, out.stderr[-2000:]
+    assert BAD[case][1] in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) <= 3  # a short message, no traceback
     assert seconds < 30
-    assert not (folder / "store").exists()  # nothing written to the tracking store
+    assert not (folder / "store").exists()
 
 
 def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
