@@ -211,9 +211,19 @@ class Tracker:
 
     def _log_fit(self, r, parent_id, key, group, context, model=None, example=None):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count."""
-        arch, ws, al = parse(r.variant)
         name = f"{r.stage} {r.variant} b{r.config.batch_size} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
         run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group})
+        try:
+            self._fill(run_id, r, context, model, example)
+        except Exception:  # a retry logs the fit again in a new run: this half-logged one must not end FINISHED
+            with contextlib.suppress(Exception):
+                self.end(run_id, "FAILED")
+            raise
+        self.end(run_id)
+        return run_id
+
+    def _fill(self, run_id, r, context, model, example):
+        arch, ws, al = parse(r.variant)
         params = asdict(r.config) | {"architecture": arch, "weight_sharing": ws, "aux_loss": al, "seed": r.seed,
                                      "round": r.round, "stage": r.stage,
                                      "scored_epochs": ",".join(str(e) for e, _, _ in r.scores)}
@@ -233,8 +243,6 @@ class Tracker:
         self.client.log_inputs(run_id, [_dataset(r, context)])
         if model is not None:
             self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
-        self.end(run_id)
-        return run_id
 
 
 def _dataset(r, context):
