@@ -25,6 +25,7 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.exceptions import TerminationSignal
+from prefect.futures import wait
 
 from pairs import protocol as P
 from pairs import report as R
@@ -363,8 +364,7 @@ def _pipeline(**settings):
             result = _run(protocol, study, run, w)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = _signal(e)
-        for f in w.logging:  # the fits trained are logged (a few seconds at most) before the runs end
-            f.wait(timeout=30)
+        wait(w.logging, timeout=30)  # the fits trained are logged (a few seconds at most) before the runs end
         if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
             print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished groups "
                   "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)

@@ -282,7 +282,7 @@ def searched_options(records):
     """The settings a selection must carry besides batch size and epochs: the variant (where the search had
     another than an architecture's base variant) and every training option not at the study's default in
     some record (whether searched or set for all)."""
-    variants = _groupby(records, lambda r: parse(r.variant)[0]).values()
+    variants = groupby(records, lambda r: parse(r.variant)[0]).values()
     searched = any(len({r.variant for r in rs}) > 1 or rs[0].variant != parse(rs[0].variant)[0] for rs in variants)
     return ((["variant"] if searched else [])
             + [k for k in DEFAULT.training() if {getattr(r.config, k) for r in records} != {getattr(DEFAULT, k)}])
@@ -293,7 +293,7 @@ def search_table(records):
     validation error over the rounds x folds fits."""
     rows, options = [], searched_options(records)
     cell = lambda r: (parse(r.variant)[0], r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
-    for (arch, batch, *values), group in _groupby(records, cell).items():
+    for (arch, batch, *values), group in groupby(records, cell).items():
         for e in sorted({e for r in group for e in r.train_error}):
             scored = [r for r in group if e in r.train_error]
             tr, va = mean_std([r.train_error[e] for r in scored]), mean_std([r.eval_error[e] for r in scored])
@@ -318,7 +318,7 @@ def select(table1_rows):
 def final_table(records):
     """Table 2 rows: per variant train/test error mean and std, parameters, s/epoch."""
     rows = []
-    for (variant,), group in _groupby(records, lambda r: (r.variant,)).items():
+    for (variant,), group in groupby(records, lambda r: (r.variant,)).items():
         cfg = group[0].config
         tr, te = mean_std([r.final_errors[0] for r in group]), mean_std([r.final_errors[1] for r in group])
         rows.append({"variant": variant, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "rounds": len(group),
@@ -329,7 +329,7 @@ def final_table(records):
     return rows
 
 
-def _groupby(records, key):
+def groupby(records, key):
     groups = {}
     for r in records:
         groups.setdefault(key(r), []).append(r)

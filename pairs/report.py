@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import FitRecord, _groupby, final_groups, final_table, options_text, search_table  # noqa: E402
+from .protocol import FitRecord, groupby, final_groups, final_table, options_text, search_table  # noqa: E402
 from .stats import diverged, mean_std, paired  # noqa: E402
 from .train import Training  # noqa: E402
 
@@ -439,7 +439,7 @@ def beside(studies, out):
     Written to out as beside.md, beside_table2.csv, beside_paired.csv and beside_test_error.png."""
     rows, errors = [], []
     for study, records in studies.items():
-        for cfg, group in _groupby(records, lambda r: r.config).items():
+        for cfg, group in groupby(records, lambda r: r.config).items():
             rows.append({"row": len(rows) + 1, "study": study, "options": options_text(cfg), **final_table(group)[0]})
             errors.append({(r.round, r.pairs, r.data_seed): r.final_errors[1] for r in group})
     name = lambda r: f"#{r['row']} {r['study']} {r['variant']} {r['batch_size']}/{r['epochs']}"  # noqa: E731

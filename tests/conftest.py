@@ -54,6 +54,14 @@ def excerpt(out, marks=("Traceback", "Logging error", "Error", "error:")):
     return head + ("\n[...]\n" + out[-1500:] if first + 2500 < len(out) - 1500 else out[first + 2500:])
 
 
+def all_runs(env):
+    """Every run in the store that a command's environment names."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps], max_results=10000) if exps else []
+
+
 def runs(client, experiment):
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], max_results=5000) if exp else []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import excerpt
+from conftest import all_runs, excerpt
 
 ROOT = Path(__file__).resolve().parent.parent
 # The stopped pipelines: a group takes a second or two, so that the signal, sent as the first group is done, finds
@@ -228,7 +228,7 @@ def batch(data_dir, tmp_path_factory):
                            "left": {p: cmdline(p) for p in run.left()}, "servers": run.servers,
                            "family": len(run.family), "output": run.output(),
                            "said": [ln.strip() for ln in run.lines if "stopped by" in ln],
-                           "text": "".join(run.lines), "runs": mlflow_runs(run.env)}
+                           "text": "".join(run.lines), "runs": all_runs(run.env)}
         beside.proc.wait(600)
         beside.reader.join(10)
         facts["beside ended"] = time.time()
@@ -249,15 +249,6 @@ def batch(data_dir, tmp_path_factory):
                     pass
 
 
-def mlflow_runs(env):
-    """(name, status, is a fit) of every run in the store `env` names."""
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return [(r.info.run_name, r.info.status, "pairs.fit_key" in r.data.tags)
-            for r in (client.search_runs(exps, max_results=10000) if exps else [])]
-
-
 def check_runs_ended(facts, name):
     """What a Ctrl-C or SIGTERM leaves: one line that says so, no traceback, no MLflow run RUNNING, the pipeline's
     own runs (pipeline, stages) KILLED."""
@@ -265,8 +256,9 @@ def check_runs_ended(facts, name):
     said = [ln for ln in f["text"].splitlines() if "run the same command again to resume" in ln]
     assert len(said) == 1 and "stopped by" in said[0], excerpt(f["text"])
     assert "Traceback" not in f["text"] and "Logging error" not in f["text"], excerpt(f["text"])
-    assert not [n for n, status, _ in f["runs"] if status == "RUNNING"], f["runs"]
-    assert {status for _, status, fit in f["runs"] if not fit} == {"KILLED"}, f["runs"]
+    statuses = [(r.info.run_name, r.info.status) for r in f["runs"]]
+    assert not [r for r in f["runs"] if r.info.status == "RUNNING"], statuses
+    assert {r.info.status for r in f["runs"] if "pairs.fit_key" not in r.data.tags} == {"KILLED"}, statuses
 
 
 def check_stopped(facts, name, code):

@@ -235,42 +235,39 @@ def a_record():
                        aux_loss=(), scores=((1, 0.1, 0.2),), param_count=1, s_per_epoch=0.1)
 
 
-def test_a_fit_whose_logging_failed_is_not_finished_by_the_retry(tmp_path, monkeypatch):
-    """A logging attempt that fails half-way ends its run FAILED: the retry logs the fit in a new run, and the
-    pipeline's end (which finishes the runs it holds open) leaves one FINISHED run for the fit, not two."""
-    import numpy as np
+def a_tracker(tmp_path, monkeypatch):
+    """A pipeline's tracker on a real SQLite store with its search stage run open: (tracker, stage run id, a
+    function that reads the store's runs)."""
     from mlflow.tracking import MlflowClient
 
     from flows.tracking import Tracker
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    tracker = Tracker("retried", run_name="pipeline", uri=uri)
-    stage = tracker.child("search")
+    tracker = Tracker("tracked", run_name="pipeline", uri=uri)
+    return tracker, tracker.child("search"), lambda: runs(MlflowClient(uri), "tracked")
+
+
+def test_a_fit_whose_logging_failed_is_not_finished_by_the_retry(tmp_path, monkeypatch):
+    """A logging attempt that fails half-way ends its run FAILED: the retry logs the fit in a new run, and the
+    pipeline's end (which finishes the runs it holds open) leaves one FINISHED run for the fit, not two."""
+    import numpy as np
+    tracker, stage, runs_now = a_tracker(tmp_path, monkeypatch)
     with pytest.raises(TypeError):  # the fit's metrics are logged, then its "model" fails to log
         tracker.log_fits([a_record()], stage, ("mnist",), models=["not a model"],
                          example=np.zeros((3, 2, 14, 14), "float32"))
     tracker.log_fits([a_record()], stage, ("mnist",))  # the retry
     tracker.finish()
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("retried").experiment_id])
-    assert sorted(r.info.status for r in runs if "pairs.fit_key" in r.data.tags) == ["FAILED", "FINISHED"]
+    assert sorted(r.info.status for r in runs_now() if "pairs.fit_key" in r.data.tags) == ["FAILED", "FINISHED"]
 
 
 def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
     """A signal has the main thread end the runs (finish) while a logging thread may still create a fit run:
     that run is either ended by finish or never created, so none is left RUNNING."""
-    from mlflow.tracking import MlflowClient
-
-    from flows.tracking import Tracker
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    tracker = Tracker("stopping", run_name="pipeline", uri=uri)
-    stage = tracker.child("search")
+    tracker, stage, runs_now = a_tracker(tmp_path, monkeypatch)
     tracker.finish("KILLED")
     with pytest.raises(RuntimeError, match="no new run"):
         tracker.child("a fit logged after the signal")
     # the logging task the stop could not wait for says so and ends (no retries, no error at exit)
     assert flow_module.log_fits.fn(tracker, [a_record()], stage, (), 1) is None
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("stopping").experiment_id])
+    runs = runs_now()
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and stage in {r.info.run_id for r in runs}

@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
+from conftest import all_runs
 from pairs.data import MNIST_FILES
 from pairs.protocol import PROFILES
 
@@ -73,12 +73,6 @@ def start_and_signal(args, env, sig):
             break
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, "".join(lines) + out
-
-
-def all_runs(env):
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exps = client.search_experiments()
-    return client.search_runs([e.experiment_id for e in exps], max_results=10000) if exps else []
 
 
 def fits_by_unit(runs):
