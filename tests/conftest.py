@@ -1,4 +1,6 @@
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -8,17 +10,60 @@ import pytest
 # go to a fresh folder, never to the project's .cache/prefect, so no test hits an earlier session's cache.
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = tempfile.mkdtemp(prefix="pairs-test-results-")
 
-from pairs.data import MNIST_FILES
+from pairs.data import DataError, check_mnist, data_root, ensure_mnist
+
+
+def fetch_mnist(root):
+    """The data step of `make run`, before any test: the MNIST files under root, downloaded by torchvision when
+    missing. None when they are there, else the one message that says which files and what to do."""
+    try:
+        ensure_mnist(root, download=True)
+    except DataError as e:
+        return f"tests need real MNIST: {e}"
+
+
+def pytest_sessionstart(session):
+    """No test runs without real MNIST ($PAIRS_DATA_DIR, else ./data: `make test` and `make run` share it)."""
+    message = fetch_mnist(data_root())
+    if message:
+        pytest.exit(message, returncode=2)
 
 
 @pytest.fixture(scope="session")
 def data_dir():
-    """The real MNIST root; a missing one fails (never skips) with what to do."""
-    root = os.environ.get("PAIRS_DATA_DIR")
-    if not root or not all((Path(root) / "MNIST" / "raw" / n).is_file() for n in MNIST_FILES):
-        pytest.fail("tests need real MNIST: set PAIRS_DATA_DIR to a torchvision root holding "
-                    "MNIST/raw/ (e.g. export PAIRS_DATA_DIR=$PWD/../shared/data), or run `make test`")
-    return root
+    """The real MNIST root that the session's data step checked (or fetched)."""
+    root = data_root()
+    check_mnist(root)
+    return str(root)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def cpu_and_torch(machine):
+    """What the bits of a training record depend on, from a machine description ("2 cores (AMD EPYC), torch 2.14.1,
+    ..."): the CPU model and the torch build (thread counts and Python do not change them)."""
+    found = re.match(r"\d+ cores \((.+?)\)(?:, GPU [^,]+)?, torch (\S+),", machine)
+    assert found, f"not a machine description: {machine!r}"
+    return found.groups()
+
+
+def recorded_quick(machine):
+    """(records, exact): the quick profile's records recorded on this CPU model and torch build, to compare bit for
+    bit; else the first recorded ones, to compare on what carries over to another CPU model."""
+    recorded = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("quick_records-*.json"))]
+    same = [r for r in recorded if cpu_and_torch(r["machine"]) == cpu_and_torch(machine)]
+    return (same[0], True) if same else (recorded[0], False)
+
+
+@pytest.fixture(scope="session")
+def quick_records(data_dir):
+    """The quick profile trained here, in this session, through the library alone: (selection, records)."""
+    from pairs import protocol as P
+    q = P.PROFILES["quick"]
+    search = [r for g in P.search_groups(q) for r in P.train_group(g, data_dir)]
+    selection = P.select(P.search_table(search))
+    return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)]
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,16 @@
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pairs.data import DataError, MNIST_FILES, _mnist, derive_seed, kfold, pair_sets
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shapes_dtypes_and_semantics(pairs_1000):
@@ -101,3 +107,30 @@ def test_corrupt_idx_files_are_clear_errors(data_dir, tmp_path, corruption):
     path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match=f"corrupt MNIST file .*t10k-labels-idx1-ubyte"):
         pair_sets(10, 0, root=tmp_path)
+
+
+def test_the_data_step_of_make_test_downloads_or_says_what_to_do(tmp_path):
+    """`make test` on a fresh clone: an empty data folder and downloads refused (every proxy a closed port, so on a
+    machine with internet too) stop the session before any test, with the message that names the files."""
+    env = dict(os.environ, PAIRS_DATA_DIR=str(tmp_path), HTTP_PROXY="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    env.pop("NO_PROXY", None), env.pop("no_proxy", None)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_data.py::test_derive_seed_is_stable_and_distinct"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    assert f"tests need real MNIST: MNIST files missing under {tmp_path / 'MNIST' / 'raw'}: train-images-idx3-ubyte, " \
+           "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in text, text[-3000:]
+    assert "PAIRS_DATA_DIR" in text and "passed" not in text, text[-3000:]
+
+
+def test_a_folder_holding_the_files_is_used_as_it_is(data_dir, tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    from conftest import fetch_mnist
+    _copy_mnist(data_dir, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(MNIST, "download", lambda self: pytest.fail("a download was tried"))
+    assert fetch_mnist(tmp_path) is None
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

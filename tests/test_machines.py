@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,6 @@ from flows.settings import check_inputs
 from pairs import protocol as P
 
 BIN = Path(sys.executable).parent
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "quick_records.json").read_text())
 
 
 def free_port():
@@ -117,16 +117,12 @@ def records_of(client, run_id, tmp):
         client.download_artifacts(stages[s], f"{s}_fits.json", str(tmp))).read_text())]
 
 
-def assert_same_as_in_process(records):
-    """Every fit's losses and errors equal the in-process quick run's (the fixture): bit for bit on its CPU model."""
-    from pairs.train import describe_machine
-    exact = describe_machine("cpu").split(", torch")[0] == FIXTURE["machine"].split(", torch")[0]
-    assert len(records) == len(FIXTURE["records"])
-    for r, old in zip(records, FIXTURE["records"]):
-        assert (r.stage, r.variant, r.round, r.fold) == (old["stage"], old["variant"], old["round"], old["fold"])
-        got, want = [*r.train_loss, *r.aux_loss, *sum(map(list, r.scores), [])], [
-            *old["train_loss"], *old["aux_loss"], *sum(old["scores"], [])]
-        assert got == want if exact else got == pytest.approx(want, rel=1e-3, abs=0.01)
+def assert_same_as_in_process(records, in_process):
+    """Every fit's losses and errors equal those of the quick profile trained in this process, this session: the
+    same computation on the same machine, so bit for bit (s_per_epoch aside)."""
+    assert len(records) == len(in_process)
+    for r, here in zip(records, in_process):
+        assert replace(r, s_per_epoch=0) == replace(here, s_per_epoch=0), (r.stage, r.variant, r.round, r.fold)
 
 
 def assert_fits_logged_once(client, experiment, out):
@@ -152,7 +148,7 @@ def open_runs(api, kind="task_runs"):
 
 @pytest.mark.slow
 def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_in_process_run(cluster, data_dir,
-                                                                                               tmp_path):
+                                                                                               tmp_path, quick_records):
     """Search cells in chunks of one round on two workers; SIGKILL to a worker process once the first group is
     back (the others are training): Dask gives its task to a worker again (the nanny restarts the killed one),
     the run completes with the in-process records, no fit is logged twice and no task run is left running; the
@@ -169,7 +165,7 @@ def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_
     assert killed and rc == 0, out[-3000:]
     client = MlflowClient(cluster.tracking)
     run_id = out.split("pipeline run ")[1].split()[0]
-    assert_same_as_in_process(records_of(client, run_id, tmp_path))
+    assert_same_as_in_process(records_of(client, run_id, tmp_path), quick_records[1])
     assert_fits_logged_once(client, "dask", out)
     assert "## Table 2" in Path(client.download_artifacts(run_id, "REPORT.md", str(tmp_path))).read_text()
     assert list((cluster.tmp / "artifacts").rglob("REPORT.md"))  # through the server to its destination
