@@ -37,7 +37,8 @@ def run_parser():
     for s in SETTINGS:
         shown = " (default: the profile's)" if s.from_profile else f" (default: {s.default})" * (s.default is not None)
         choices = f"; one{' or more' if s.many else ''} of {','.join(map(str, s.choices))}" if s.choices else ""
-        p.add_argument(s.flag, dest=s.name, type=_argument_type(s), default=s.default,
+        alias = [f"--{s.name}"] if "_" in s.name else []  # as `mlflow run -P batch_sizes=...` passes it on
+        p.add_argument(s.flag, *alias, dest=s.name, type=_argument_type(s), default=s.default,
                        metavar=s.name.upper(), help=s.help + choices + shown)
     return p
 
@@ -74,7 +75,7 @@ def main(argv=None):
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"pipeline run {result['run_id']} done")
+    print(f"pipeline run {result['run_id']} done: {result['where']}")
     return 0
 
 

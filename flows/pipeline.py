@@ -34,29 +34,14 @@ from pairs.protocol import FitRecord
 from pairs.train import describe_machine, pack_model, resolve_device, unpack_model
 
 from .lifetime import signals_held
-from .settings import check_inputs, optuna_storage, signature
+from . import registry
+from .settings import check_inputs, docstring, make_protocol, optuna_storage, signature
 from .tracking import RunsEnded, Tracker
 
 # Results are stored as JSON (records are plain numbers and lists): nothing is unpickled from the cache.
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
               persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10])
 PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
-REGISTERED = "pairs-best"  # the registered model of the best selected configuration
-_attempts = {}
-
-
-def _inject_failure(group):
-    """Test hook: PAIRS_INJECT_FAILURE="stage:variant:round:fold:times" fails the group holding that fit
-    `times` times (a passing failure when below the retries, a lasting one above); "-": any variant or fold."""
-    spec = os.environ.get("PAIRS_INJECT_FAILURE")
-    if not spec:
-        return
-    s, v, r, f, times = spec.split(":")
-    if any((fit.stage, fit.round) == (s, int(r)) and v in ("-", fit.variant) and (f == "-" or fit.fold == int(f))
-           for fit in group.fits):
-        _attempts[spec] = _attempts.get(spec, 0) + 1
-        if _attempts[spec] <= int(times):
-            raise RuntimeError(f"injected failure, attempt {_attempts[spec]} of {times}")
 
 
 TRAINING_CODE = ("data.py", "models.py", "protocol.py", "stacked.py", "train.py")
@@ -83,6 +68,11 @@ class Progress:
     def begin(self, group):
         self.group, self.trained = group, 0
 
+    def plan(self, groups, instead_of=()):
+        """Groups now planned, in place of those the totals had estimated (an Optuna batch once it is asked)."""
+        self.work += work(groups) - work(instead_of)
+        self.fits += sum(len(g.fits) for g in groups) - sum(len(g.fits) for g in instead_of)
+
     def epoch(self, epoch, epochs, n):
         self.done += n
         self.trained += n
@@ -99,13 +89,13 @@ class Progress:
 
     def _say(self, what):
         elapsed = time.time() - self.start
-        eta = f"{elapsed / self.done * (self.work - self.done):.0f} s" if self.done else "?"
+        eta = f"{elapsed / self.done * max(self.work - self.done, 0):.0f} s" if self.done else "?"
         print(f"[{self.group.fits[0].stage}] {self.group.label}: {what}; {self.fits_done}/{self.fits} fits done, "
               f"elapsed {elapsed:.0f} s, ETA {eta}", flush=True)
         self.last = time.time()
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+@task(task_run_name="prepare data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def prepare_data(root):
     """Check the four MNIST files (magic, counts, size) and fingerprint them: changed data invalidates caches.
     Not cached: it is the check that the data on disk is still what the caches were built from."""
@@ -113,12 +103,15 @@ def prepare_data(root):
 
 
 @task(task_run_name="{group.label}", **CACHED)
-def train(group, context, root, device, on_epoch=None, threads=None):
+def train(group, context, root, device, on_epoch=None, threads=None, fail_first=None):
     """Train one group (a search cell or a final variant): its fit records and, for a group that keeps them,
     its trained models as text (pairs.train.pack_model). An error names the group's fits. On a Dask worker
-    everything comes as parameters: the data root is checked there and torch uses `threads` threads."""
+    everything comes as parameters: the data root is checked there and torch uses `threads` threads.
+    `fail_first`: the first attempt of a group whose label contains it fails (to watch Prefect retry it)."""
+    from prefect.runtime import task_run
     try:
-        _inject_failure(group)
+        if fail_first and fail_first in group.label and task_run.run_count <= 1:
+            raise RuntimeError(f"its first attempt fails on purpose (--fail-first {fail_first!r}); Prefect retries it")
         if threads:  # on a worker: its own threads, data and device
             torch.set_num_threads(threads)
             try:
@@ -136,15 +129,16 @@ def train(group, context, root, device, on_epoch=None, threads=None):
                            f"failed: {e}") from e
 
 
-@task(task_run_name="log {n} fits", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
-def log_fits(tracker, records, parent_id, context, n, models=None, example=None):
+@task(task_run_name="log {label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
+def log_fits(tracker, records, parent_id, context, label, models=None, example=None):
+    """Log a group's fits to MLflow, one run each, named after the group."""
     try:
-        return tracker.log_fits(records, parent_id, context, models, example)
+        return tracker.log_fits(records, parent_id, context, models, example, label)
     except RunsEnded:  # a stop that could not wait for this logging; the fits are cached, the rerun logs them
-        print(f"{n} fits not logged: the pipeline had stopped; the rerun logs them")
+        print(f"{len(records)} fits of {label} not logged: the pipeline had stopped; the rerun logs them")
 
 
-@task(cache_policy=NO_CACHE)
+@task(task_run_name="select", cache_policy=NO_CACHE)
 def select(search_records):
     """Per architecture, the candidate (batch size, epochs, searched options) of lowest mean validation error."""
     return P.select(P.search_table(search_records))
@@ -173,6 +167,7 @@ class Work:
     runner: object = None
     chunk: int | None = None
     results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
+    fail_first: str | None = None  # groups whose first attempt fails (to watch a retry)
     submitted: list = field(default_factory=list)  # the task run ids of the groups submitted to Dask
     logging: list = field(default_factory=list)  # the futures of the log_fits tasks
 
@@ -188,7 +183,7 @@ def train_groups(groups, parents, w, progress):
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
     with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
         futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
-                                           "threads": 1}) for g in groups] if w.runner else []
+                                           "threads": 1, "fail_first": w.fail_first}) for g in groups] if w.runner else []
         w.submitted += [f.task_run_id for f in futures]
     records, first_log = [], len(w.logging)
     for i, (group, parent) in enumerate(zip(groups, parents)):
@@ -197,17 +192,24 @@ def train_groups(groups, parents, w, progress):
             state = _remote_state(futures[i])
             out, cached = state.result(), state.name == "Cached"
         else:  # called, not submitted: Ctrl-C and SIGTERM reach the flow as they are
-            out = w.train(group, w.context, w.root, w.device, progress.epoch)
+            out = w.train(group, w.context, w.root, w.device, progress.epoch, fail_first=w.fail_first)
             cached = progress.trained == 0  # no epoch trained here: it came from the cache
         progress.end(group, cached)
         got = [FitRecord.from_json(d) for d in out["records"]]
         models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
         with signals_held():  # what is submitted is recorded (a stop waits for these fits to be logged)
-            w.logging.append(log_fits.submit(w.tracker, got, parent, w.context, len(got), models, example))
+            w.logging.append(log_fits.submit(w.tracker, got, parent, w.context, fits_label(group), models, example))
         records += got
     [f.result() for f in w.logging[first_log:]]
     return records
+
+
+def fits_label(group):
+    """What a group's fit runs are named after: its label without a search chunk's rounds (each fit's round and
+    fold follow it)."""
+    f = group.fits[0]
+    return group.label.replace(f" {group.name}", "") if f.stage == "search" and group.name else group.label
 
 
 def _remote_state(future):
@@ -243,12 +245,23 @@ def _crash_open_task_runs(ids, error):
 
 
 def stage(name, groups, w, progress, artifacts):
-    """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts."""
+    """One stage: train its groups (cached tasks), log their fits under a stage run, write its artifacts. In the
+    final stage each group (a configuration) has a row run that holds its fits and Table 2's numbers."""
     run_id = w.tracker.child(name, {"pairs.stage": name})
-    records = train_groups(groups, run_id, w, progress)
+    rows = [w.tracker.row(row_name(g), run_id, g.fits[0].config) for g in groups] if name == "final" else run_id
+    records = train_groups(groups, rows, w, progress)
+    if name == "final":
+        for g, row in zip(groups, rows):
+            keys = {f.key() for f in g.fits}
+            w.tracker.end_row(row, R.table2_row([r for r in records if r.key() in keys]))
     write_artifacts(w.tracker, run_id, name, lambda out: artifacts(records, out))
     w.tracker.end(run_id)
     return records
+
+
+def row_name(group):
+    """A final configuration's name in the comparison view: its variant, and its arm or options."""
+    return group.label.removeprefix("final ")
 
 
 def task_runner(run):
@@ -288,7 +301,7 @@ def running(runner, submitted=()):
             os.environ["PREFECT_API_URL"] = before
 
 
-def optuna_search(study, protocol, w, progress):
+def optuna_search(study, protocol, w, progress, typical):
     """An Optuna (TPE) search per architecture, `study.batch` trials asked at a time: each trial's groups train
     as cached tasks and log their fits under the trial's MLflow run, then the trials are told their values
     (the lowest mean validation error of their rows). The Optuna studies live in `optuna_storage()`; after a
@@ -328,6 +341,8 @@ def optuna_search(study, protocol, w, progress):
             trials.append((a, number, candidate, tell, name, trial_run, len(mine)))
             groups += mine
             parents += [trial_run] * len(mine)
+        estimated = [g for a, *_ in batch for g in typical if P.parse(g.fits[0].variant)[0] == a]
+        progress.plan(groups, estimated)
         got = train_groups(groups, parents, w, progress)
         for a, number, candidate, tell, name, trial_run, n in trials:
             k = sum(len(g.fits) for g in groups[:n])  # this trial's records: its groups' fits, in order
@@ -357,8 +372,10 @@ def _pipeline(**settings):
     run, protocol, study = check_inputs(**settings)
     device = str(resolve_device(run.device))
     root = str(data_root(run.data_dir))
-    tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}")
-    w = Work(tracker, (), root, device, chunk=run.chunk, results=run.results)
+    tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}", tags={
+        "pairs.study": Path(study.path).stem or "profile grid", "pairs.profile": run.profile})
+    link_prefect(tracker)
+    w = Work(tracker, (), root, device, chunk=run.chunk, results=run.results, fail_first=run.fail_first)
     try:
         with running(task_runner(run), w.submitted) as w.runner:
             result = _run(protocol, study, run, w)
@@ -377,51 +394,66 @@ def _pipeline(**settings):
             raise stopped from None
         raise
     tracker.finish()
+    result["where"] = where_to_look(tracker, run.until)
+    print(f"[done] {result['where']}", flush=True)
     return result
 
 
+def where_to_look(tracker, until):
+    """The last line of a run: where its report and the comparison view are."""
+    local = "" if tracker.uri.startswith(("http://", "https://")) else "`make ui`, then "
+    report = (f"REPORT.md and its tables are artifacts of the run (`python -m flows report {tracker.run_id}` writes "
+              f"them to reports/{tracker.run_id}/); " if until == "report" else "")
+    return f"{report}the configurations side by side: {local}{tracker.compare_url()}"
+
+
 # The flow's parameters are the settings (flows.settings), so a deployment's custom run can set each one.
+_pipeline.__doc__ = docstring(_pipeline.__doc__)
 _pipeline.__signature__ = signature()
 _pipeline.__annotations__ = {n: p.annotation for n, p in _pipeline.__signature__.parameters.items()}
 pipeline = flow(name="pairs", log_prints=True)(_pipeline)
 
 
-def run_meta(device, seconds):
+def link_prefect(tracker):
+    """Each side names the other: the pipeline's MLflow run is tagged with the Prefect flow run (its id, name and,
+    with a Prefect server, its UI page); the flow run gets a link artifact to the MLflow run."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    tags = {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name}
+    if os.environ.get("PREFECT_API_URL"):  # a temporary server's pages are gone with this process
+        tags["prefect.flow_run_url"] = flow_run.ui_url
+    tracker.set_tags(tracker.run_id, {k: v for k, v in tags.items() if v})
+    create_link_artifact(tracker.ui_url(), link_text=f"MLflow run {tracker.run_id}", key="mlflow-run",
+                         description="The pipeline's run in MLflow: its stages, the comparison rows and every fit.")
+
+
+def publish_table2(final, tracker):
+    """Table 2 as a markdown artifact of the flow run (its Artifacts tab in the Prefect UI), with the MLflow link."""
+    from prefect.artifacts import create_markdown_artifact
+
+    t2 = R.table2(final)
+    create_markdown_artifact(f"# Table 2 (final rounds)\n\n{R.markdown(R.display(t2, 'table2'))}\nMLflow: "
+                             f"[the pipeline run]({tracker.ui_url()}), its `final` stage holds one row run per "
+                             "configuration.\n", key="table-2", description="Table 2 of this pipeline call")
+
+
+def run_meta(w, seconds, why_smoke):
+    """What the report says about the call: machine, wall time, versions, command, who started it, smoke."""
     import mlflow
     import prefect
+    from prefect.runtime import deployment
 
-    return {"machine": describe_machine(device), "device": device,
+    if not w.tracker.owned:
+        launcher = f"started by `mlflow run` (run {w.tracker.run_id})"
+    elif deployment.name:
+        launcher = f"started by the Prefect deployment pairs/{deployment.name}"
+    else:
+        launcher = "started directly"
+    return {"machine": describe_machine(w.device), "device": w.device,
             "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
             "versions": f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
-            "command": "python -m flows " + shlex.join(sys.argv[1:]),
-            "launcher": f"started by `mlflow run` (run {os.environ['MLFLOW_RUN_ID']})" if "MLFLOW_RUN_ID" in os.environ
-            else "started directly"}
-
-
-def register_champion(tracker, search, final_groups, selection, study, context):
-    """Register round 0's model of the selected configuration with the lowest CV error as `pairs-best`, tagged
-    with its CV and test errors; it becomes `champion` unless the holder has a lower CV error."""
-    rows = P.search_table(search)
-    cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
-        r.get(k) == v for k, v in s.items() if k in r)) for a, s in selection.items()}
-    kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran
-    if not kept:
-        return
-    arch = min(kept, key=cv.get)
-    group = kept[arch]
-    fit = group.fits[0]
-    run_id = tracker.fit_runs.get(fit.key(context))
-    if run_id is None:
-        return
-    test = [tracker.client.get_run(tracker.fit_runs[f.key(context)]).data.metrics["test_error"] for f in group.fits]
-    tags = {"cv_error": cv[arch], "test_error": test[0], "test_error_mean": sum(test) / len(test),
-            "rounds": len(test), "variant": fit.variant, "study": Path(study.path).stem or "profile grid",
-            "pipeline_run": tracker.run_id}
-    version, promoted = tracker.register(run_id, REGISTERED, tags)
-    print(f"[registry] {REGISTERED} version {version.version}: {fit.variant}, CV error {100 * cv[arch]:.2f}%, "
-          f"round 0 test error {100 * test[0]:.2f}%" + {True: "; alias champion", None: " (registered before)",
-                                                         False: "; the champion keeps its lower CV error"}[promoted],
-          flush=True)
+            "command": "python -m flows " + shlex.join(sys.argv[1:]), "launcher": launcher, "smoke": why_smoke}
 
 
 def _report(run, write):
@@ -433,13 +465,13 @@ def _report(run, write):
     return report
 
 
-def _arms(protocol, study, run, w, started):
+def _arms(protocol, study, run, w, started, why_smoke):
     """A study of fixed arms: no search; every arm's final groups on the same rounds, then its report."""
     groups, tracker = P.arm_groups(protocol, study.arms), w.tracker
     final = stage("final", groups, w, Progress(work(groups), sum(len(g.fits) for g in groups)),
                   lambda records, out: [R.save_records(records, out / "final_fits.json")])
     if run.until != "final":
-        meta = run_meta(w.device, time.time() - started)
+        meta = run_meta(w, time.time() - started, why_smoke)
         write_artifacts(tracker, tracker.run_id, "the report", _report(
             {"protocol": asdict(protocol), "study": asdict(study), "meta": meta},
             lambda out: R.arms_report(final, study, protocol, out, meta)))
@@ -454,11 +486,13 @@ def _run(protocol, study, run, w):
                           "pipeline.study": study.path or "(the profile's grid)"}
                        | {f"search.space.{k}": ",".join(map(str, v)) for k, v in study.space})
     w.context = context = (prepare_data(w.root), code, device)
+    why_smoke = registry.smoke(protocol, make_protocol("full", **study.protocol), run.profile)
     if run.until == "prepare":
         return {"run_id": tracker.run_id}
     if study.arms:
-        return _arms(protocol, study, run, w, started)
-    candidates = study.candidates() if study.method == "grid" else [{}] * study.trials  # optuna: a guess
+        return _arms(protocol, study, run, w, started, why_smoke)
+    # an Optuna search: each trial's groups are those of a typical candidate, until its batch is asked
+    candidates = study.candidates() if study.method == "grid" else [study.typical()] * study.trials
     search_groups, n_final = P.search_groups(protocol, candidates, run.chunk), protocol.fits()[1]
     n_search = sum(len(g.fits) for g in search_groups)
     if run.until == "search":
@@ -466,7 +500,7 @@ def _run(protocol, study, run, w):
     guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
     progress = Progress(work(search_groups) + guess, n_search + n_final)
     if study.method == "optuna":
-        search = optuna_search(study, protocol, w, progress)
+        search = optuna_search(study, protocol, w, progress, P.search_groups(protocol, [study.typical()], run.chunk))
     else:
         search = stage("search", search_groups, w, progress, R.search_artifacts)
     selection = select(search)
@@ -479,11 +513,17 @@ def _run(protocol, study, run, w):
     final_groups = P.final_groups(protocol, {a: s | study.final for a, s in selection.items()})
     progress.work += work(final_groups) - guess
     final = stage("final", final_groups, w, progress, R.final_artifacts)
-    register_champion(tracker, search, final_groups, selection, study, context)
+    publish_table2(final, tracker)
+    if registry.wanted(run.register_model, why_smoke):
+        registry.register_champion(tracker, search, final_groups, selection, study, protocol, run.profile, why_smoke,
+                                   context)
+    else:
+        print(f"[registry] not registered: a smoke run ({why_smoke}); --register-model yes registers it (never as "
+              "champion)" if why_smoke else "[registry] not registered (--register-model no)", flush=True)
     if run.until == "final":
         return {"run_id": tracker.run_id, "selection": selection}
 
-    meta = run_meta(device, time.time() - started)
+    meta = run_meta(w, time.time() - started, why_smoke)
 
     write_artifacts(tracker, tracker.run_id, "the report", _report(
         {"protocol": asdict(protocol), "study": asdict(study), "selection": selection, "meta": meta},

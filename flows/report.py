@@ -3,6 +3,7 @@ finished pipeline run in the tracking store, without training; with several runs
 extended study), put their final rounds beside each other (pairs.report.beside)."""
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pairs import report as R
 from pairs.protocol import Protocol
 from pairs.studies import Study
 
+from .settings import tracking_uri
 from .tracking import download_artifacts
 
 
@@ -46,6 +48,17 @@ def main(argv):
     p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID, or "
                    "reports/beside for several runs)")
     args = p.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+    try:
+        return _write(args)
+    except MlflowException as e:  # no such run, or not a finished pipeline run: one line, no traceback
+        first = str(e).strip().splitlines()[0]
+        print(f"error: {first} (tracking store {tracking_uri()}; give the id of a finished pipeline run, the MLflow "
+              "UI shows it, or set MLFLOW_TRACKING_URI to the store that holds it)", file=sys.stderr)
+        return 2
+
+
+def _write(args):
     if len(args.run_ids) > 1:
         paths = beside(args.run_ids, args.out or Path("reports") / "beside")
     else:

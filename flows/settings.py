@@ -7,6 +7,7 @@ flow's parameters (so a Prefect deployment's custom run can set each one) and `c
 derived from these declarations. Imports neither Prefect nor MLflow's client, so bad input fails in
 about a second with one line.
 """
+import dataclasses
 import inspect
 import os
 import socket
@@ -33,8 +34,12 @@ STAGES = ("prepare", "search", "final", "report")
 class Run:
     """What a pipeline call runs on and how far; the study itself is the Protocol."""
     profile: str = option("full", "the protocol whose values fill every setting left empty", tuple(PROFILES))
-    study: str | None = option(None, "a study file, or a shipped study's name (faithful, al_gap); its [protocol] "
-                                     "overrides the profile, the flags here override it (default: the profile's grid)")
+    study: str | None = option(None, f"a study file, or a shipped study's name ({', '.join(studies.shipped())}); its "
+                                     "[protocol] overrides the profile, the flags here override it, except for what "
+                                     "it searches (default: the profile's grid)")
+    trials: int | None = option(None, "Optuna trials per architecture (default: the study's [search] trials)")
+    register_model: str = option("auto", "register the best model as pairs-best: auto = only a run of its study's full "
+                                   "counts (never the quick profile)", ("auto", "yes", "no"))
     data_dir: str | None = option(None, "torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
     experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
     device: str = option("cpu", "where to train", DEVICES)
@@ -44,6 +49,8 @@ class Run:
     workers: int | None = option(None, "train on a local Dask cluster of this many one-thread worker processes")
     chunk: int | None = option(None, "rounds per search unit of work (default: a whole grid cell); smaller chunks "
                                      "give more workers work, with the same results")
+    fail_first: str | None = option(None, "to watch a retry: the first attempt of each group whose name contains "
+                                          "this text fails, and Prefect retries it (e.g. 'final MLP_WS')")
     results: str | None = option(None, "folder of the cached task results (default: .cache/prefect); one that every "
                                        "machine mounts lets each reuse every cached group")
 
@@ -64,7 +71,10 @@ class Setting:
 
     @property
     def annotation(self):
-        kind = list[self.kind] if self.many else self.kind
+        """The flow parameter's type: choices are a Literal (a dropdown in Prefect's form, refused by its API
+        when not one of them)."""
+        kind = typing.Literal[self.choices] if self.choices else self.kind
+        kind = list[kind] if self.many else kind
         return kind | None if self.default is None else kind
 
     def parse(self, text):
@@ -114,16 +124,29 @@ def signature():
                                                 annotation=s.annotation) for s in SETTINGS])
 
 
+def docstring(summary):
+    """The flow's docstring: `summary` and each setting's help as Args (Prefect shows them in the run form)."""
+    args = "\n".join(f"    {s.name}: {s.help}" + (" (empty: the profile's value)" if s.from_profile else "")
+                     for s in SETTINGS)
+    return f"{summary}\n\nArgs:\n{args}\n"
+
+
 def mlproject():
-    """The MLproject file's text: one entry point for the pipeline (any stage via `until`), one for reports."""
+    """The MLproject file's text: one entry point for the pipeline (any stage via `until`), one for reports. It
+    declares the settings with a value of their own; the others (empty: the profile's value) are passed through
+    by `mlflow run` only when given (-P lr=0.003 becomes --lr 0.003), so a run logs no empty parameters."""
     mlflow_type = {float: "float"}  # MLflow types parameters as string, float, path or uri
-    shown = [s for s in SETTINGS if s.name not in MLPROJECT_SKIPS]
+    shown = [s for s in SETTINGS if s.name not in MLPROJECT_SKIPS and s.default is not None]
     params = "\n".join(f"      {s.name}: {{type: {mlflow_type.get(s.kind, 'string') if not s.many else 'string'}, "
                        f"default: {_yaml(s.default)}}}  # {s.help}" for s in shown)
     command = " ".join(["python -m flows"] + [f"{s.flag} {{{s.name}}}" for s in shown])
+    others = ", ".join(s.name for s in SETTINGS if s.name not in MLPROJECT_SKIPS and s.default is None)
     return f"""name: pairs
 # Written by `python -m flows mlproject` from flows/settings.py; tests/test_project.py checks it is current.
-# An empty value means the profile's value; lists are comma-separated (-P batch_sizes=25,100).
+# Declared below: the settings with a default of their own. Every other setting can be given too, and is
+# passed on only when given (empty means the profile's value; lists are comma-separated):
+# {others}
+# e.g. mlflow run . --env-manager local -P profile=quick -P study=extended -P trials=2 -P batch_sizes=25,100
 
 conda_env: conda.yaml
 
@@ -161,8 +184,19 @@ def check_inputs(**values):
         if s.choices and getattr(run, s.name) not in s.choices:
             raise ValueError(f"unknown {s.name} {getattr(run, s.name)!r}; choose from {', '.join(s.choices)}")
     study = studies.load(run.study) if run.study else studies.Study("", "", {})
-    protocol = make_protocol(run.profile, **study.protocol | {k: v for k, v in values.items()
-                                                               if k not in run_names and v is not None})
+    flags = {k: v for k, v in values.items() if k not in run_names and v is not None}
+    searched = {"batch_size": "batch_sizes", "epochs": "epochs", "variant": "variants"}
+    both = [searched.get(k, k) for k, _ in study.space if searched.get(k, k) in flags]
+    if both:
+        raise ValueError(f"--{both[0].replace('_', '-')}: the study {study.path} searches it ([search.space]); "
+                         "leave the flag out, or edit a copy of the study")
+    if run.trials is not None:
+        if study.method != "optuna":
+            raise ValueError("--trials: only a study with an Optuna search has trials (e.g. --study extended)")
+        if run.trials < 1:
+            raise ValueError(f"trials must be a positive integer, got {run.trials}")
+        study = dataclasses.replace(study, trials=run.trials, batch=min(study.batch, run.trials))
+    protocol = make_protocol(run.profile, **study.protocol | flags)
     if study.arms and run.until == "search":
         raise ValueError(f"the study {study.path} has arms and no search: use --until prepare, final or report")
     if not run.experiment:

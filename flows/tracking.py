@@ -1,7 +1,9 @@
 """All MLflow calls: the store, the run tree, one run per fit written in one batch, artifacts.
 
-Run tree: a pipeline run (or the run `mlflow run` opened), a child per stage, a grandchild per fit.
-Fit runs are idempotent: each carries a `pairs.fit_key` tag (its settings, seed, data and code
+Run tree: a pipeline run (or the run `mlflow run` opened), a child per stage, a grandchild per fit; in
+the final stage, a row run per configuration (Table 2's numbers as its metrics: the comparison view)
+holds that configuration's fits. Every run is tagged with its kind (`pairs.kind`: pipeline, stage, row,
+trial, fit), its pipeline run, study, profile and stage. Fit runs are idempotent: each carries a `pairs.fit_key` tag (its settings, seed, data and code
 version); a fit already FINISHED in this experiment is not logged again, so a rerun after a crash, or
 a cached fit meeting a new store, never gives a store with missing or doubled fits.
 
@@ -15,17 +17,20 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+import pandas as pd
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pairs.models import parse
+from pairs.models import VARIANTS, parse
 
 from .settings import sqlite_path, tracking_uri
 
@@ -33,6 +38,15 @@ PARENT = "mlflow.parentRunId"
 PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
 MODEL_LOCK = threading.Lock()
 REQUIREMENTS = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "mlflow", "numpy")]
+
+
+OUTPUTS = ["P(first > second)", "P(first <= second)"]  # the model's two output columns
+
+
+def _known_pickle(record):
+    """Drops MLflow's warning about pickled models, once per model: these are the project's own (PairsClassifier,
+    logged with its code), and the README says how they load."""
+    return "Saving pytorch model by Pickle" not in record.getMessage()
 
 
 class RunsEnded(RuntimeError):
@@ -46,6 +60,10 @@ def download_artifacts(run_id, names, folder):
 
 
 HOST = socket.gethostname()
+UI = "http://127.0.0.1:5000"  # where `make ui` (mlflow ui on the project's store) serves
+# one colour per variant in every MLflow chart (matplotlib's tab10; the UI otherwise colours runs by their id)
+VARIANT_COLORS = dict(zip(VARIANTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                                     "#17becf")))
 
 
 def _alive(pid):
@@ -61,12 +79,12 @@ def _alive(pid):
 class Tracker:
     """The pipeline's run tree in one experiment; attaches to the run `mlflow run` started, if any."""
 
-    def __init__(self, experiment, run_name, uri=None):
+    def __init__(self, experiment, run_name, uri=None, tags=None):
         self.uri = uri or tracking_uri()
         self.db = sqlite_path(self.uri)
         if self.db:
             self.db.parent.mkdir(parents=True, exist_ok=True)
-        self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid())}
+        self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid()), **(tags or {})}  # on every run
         self.open, self.fit_runs = [], {}  # fit key -> its run, for the fits logged or found by this tracker
         self.guard, self.closed = threading.Lock(), False  # no run is created once finish() has begun
         with self.lock():
@@ -82,7 +100,10 @@ class Tracker:
                     experiment, artifact_location=artifacts)
             self.end_orphans()
             if not attached:
-                self.run_id, self.owned = self._create(run_name, {}), True
+                self.run_id, self.owned = self._create(run_name, {"pairs.kind": "pipeline"}), True
+            self.tags["pairs.pipeline_run"] = self.run_id
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()]
+                                  + [RunTag("pairs.kind", "pipeline")])
 
     @contextlib.contextmanager
     def lock(self):
@@ -114,7 +135,40 @@ class Tracker:
         return run_id
 
     def child(self, name, tags=None):
-        return self._create(name, {PARENT: self.run_id, **(tags or {})})
+        return self._create(name, {PARENT: self.run_id, "pairs.kind": "stage", **(tags or {})})
+
+    def row(self, name, parent_id, config):
+        """The run of one configuration of the final stage: its fits are logged under it, then `end_row` gives it
+        Table 2's numbers. Coloured by variant, so the eight keep their colours in every chart."""
+        run_id = self._create(name, {PARENT: parent_id, "pairs.kind": "row", "pairs.stage": "final",
+                                     "mlflow.runColor": VARIANT_COLORS[config.variant]})
+        self.log_params(run_id, config_params(config))
+        return run_id
+
+    def end_row(self, run_id, row):
+        """Table 2's row as metrics: mean and std of test and train error over the rounds, parameters, s/epoch,
+        diverged fits, rounds."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in row.items()])
+        self.end(run_id)
+
+    def set_tags(self, run_id, tags):
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    @property
+    def ui(self):
+        """The MLflow UI: the tracking server, or where `make ui` serves a local store."""
+        return self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else UI
+
+    def ui_url(self, run_id=None):
+        """The run's page in the MLflow UI."""
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{run_id or self.run_id}"
+
+    def compare_url(self):
+        """The comparison view: this pipeline's final configurations, one row each, best test error first (with a
+        filter or a sort, the UI lists them flat instead of folded under their stage)."""
+        return compare_url(self.ui, self.experiment_id, f"tags.`pairs.pipeline_run` = '{self.run_id}' AND "
+                                                        "tags.`pairs.kind` = 'row'")
 
     def log_params(self, run_id, params):
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -143,7 +197,8 @@ class Tracker:
                                             "attributes.status = 'FINISHED'", max_results=1)
             if found:
                 return found[0].info.run_id
-            run_id = self._create(name, {PARENT: parent_id, "pairs.trial": key})
+            run_id = self._create(name, {PARENT: parent_id, "pairs.trial": key, "pairs.kind": "trial",
+                                         "pairs.stage": "search"})
             self.log_params(run_id, params)
         return run_id
 
@@ -156,9 +211,10 @@ class Tracker:
                               params=[Param(f"best_{k}", str(best[k])) for k in ("batch_size", "epochs")])
         self.end(run_id)
 
-    def log_fits(self, records, parent_id, context, models=None, example=None):
-        """One run per fit record, in one batch each; fits already FINISHED here are skipped. With `models`
-        (one per record), each is logged to its fit's run (`log_model`). Returns run ids."""
+    def log_fits(self, records, parent_id, context, models=None, example=None, label=""):
+        """One run per fit record (named `label` and its round and fold: unique in a pipeline), in one batch each;
+        fits already FINISHED here are skipped. With `models` (one per record), each is logged to its fit's run
+        (`log_model`). Returns run ids."""
         keys = [r.key(context) for r in records]
         group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
         with self.lock():
@@ -167,7 +223,7 @@ class Tracker:
                 max_results=50000)}
             for r, key, model in zip(records, keys, models or [None] * len(records)):
                 if key not in done:
-                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example)
+                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example, label)
         self.fit_runs.update(zip(keys, (done[k] for k in keys)))
         return [done[k] for k in keys]
 
@@ -180,7 +236,8 @@ class Tracker:
         from mlflow.models import infer_signature
 
         with torch.no_grad():
-            out = model(torch.from_numpy(example)).numpy()
+            out = pd.DataFrame(model(torch.from_numpy(example)).numpy(), columns=OUTPUTS)
+        logging.getLogger("mlflow.pytorch").addFilter(_known_pickle)  # (once: a filter added twice is one filter)
         mlflow.set_tracking_uri(self.uri)
         with MODEL_LOCK, mlflow.start_run(run_id=run_id):  # one at a time: logging runs the model (torch state)
             info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, out),
@@ -188,31 +245,36 @@ class Tracker:
                                             pip_requirements=REQUIREMENTS, serialization_format="pickle")
         return info.model_uri
 
-    def register(self, run_id, name, tags):
-        """Register the fit run's model as a new version of `name`; it takes the alias `champion` when no
-        version holds it or the holder's CV error (its `cv_error` tag) is higher. Returns (version, promoted)."""
+    def register(self, run_id, name, tags, description, model_description, promote):
+        """Register the fit run's model as a new version of `name` (with the model's description, once); the
+        alias `champion` moves to it when `promote(holder)` says so (holder: the version holding it, or None).
+        Returns (version, why), or (None, None) when this run's model is registered already."""
         import mlflow
 
         uri = self.client.get_run(run_id).data.tags["pairs.model_uri"]
         mlflow.set_tracking_uri(self.uri)
         with self.lock():
-            known = self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
-            if known:  # a rerun of a finished pipeline: its model is registered already
-                return known[0], None
+            if self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'"):
+                return None, None  # a rerun of a finished pipeline
             version = mlflow.register_model(uri, name, tags={k: str(v) for k, v in tags.items()})
+            self.client.update_model_version(name, version.version, description=description)
+            if not self.client.get_registered_model(name).description:
+                self.client.update_registered_model(name, description=model_description)
             try:
                 holder = self.client.get_model_version_by_alias(name, "champion")
-                promoted = float(holder.tags.get("cv_error", "inf")) > float(tags["cv_error"])
             except mlflow.exceptions.MlflowException:
-                promoted = True
-            if promoted:
+                holder = None
+            take, why = promote(holder)
+            if take:
                 self.client.set_registered_model_alias(name, "champion", version.version)
-        return version, promoted
+        return version, why
 
-    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None):
-        """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count."""
-        name = f"{r.stage} {r.variant} b{r.config.batch_size} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
-        run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group})
+    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None, label=""):
+        """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count,
+        training time."""
+        name = f"{label or r.stage + ' ' + r.variant} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
+        run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group,
+                                     "pairs.kind": "fit", "pairs.stage": r.stage})
         try:
             self._fill(run_id, r, context, model, example)
         except Exception:  # a retry logs the fit again in a new run: this half-logged one must not end FINISHED
@@ -223,16 +285,16 @@ class Tracker:
         return run_id
 
     def _fill(self, run_id, r, context, model, example):
-        arch, ws, al = parse(r.variant)
-        params = asdict(r.config) | {"architecture": arch, "weight_sharing": ws, "aux_loss": al, "seed": r.seed,
-                                     "round": r.round, "stage": r.stage,
-                                     "scored_epochs": ",".join(str(e) for e, _, _ in r.scores)}
+        al = parse(r.variant)[2]
+        params = config_params(r.config) | {"seed": r.seed, "round": r.round, "stage": r.stage,
+                                            "scored_epochs": ",".join(str(e) for e, _, _ in r.scores)}
         if r.fold is not None:
             params["fold"] = r.fold
         now = int(time.time() * 1000)
-        metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0)]
-        for metric, values in (("train_loss", r.train_loss), ("train_main_loss", r.main_loss),
-                               ("train_aux_loss", r.aux_loss)):
+        metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0),
+                   Metric("train_seconds", r.s_per_epoch * r.config.epochs, now, 0)]  # (Duration: logging time)
+        curves = [("train_loss", r.train_loss)] + [("train_main_loss", r.main_loss), ("train_aux_loss", r.aux_loss)] * al
+        for metric, values in curves:  # the parts of the loss where there are two: AL variants
             metrics += [Metric(metric, v, now, e + 1) for e, v in enumerate(values)]
         eval_name = "val_error" if r.stage == "search" else "test_error"
         for e, train_error, eval_error in r.scores:
@@ -243,6 +305,20 @@ class Tracker:
         self.client.log_inputs(run_id, [_dataset(r, context)])
         if model is not None:
             self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
+
+
+def compare_url(ui, experiment_id, search):
+    """The UI's runs table with a search filter, sorted by mean test error."""
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": search,
+                                    "orderByKey": "metrics.`test_error_mean`", "orderByAsc": "true"},
+                                   quote_via=urllib.parse.quote)
+    return f"{ui}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def config_params(config):
+    """A configuration as MLflow params: its settings and what its variant means."""
+    arch, ws, al = parse(config.variant)
+    return asdict(config) | {"architecture": arch, "weight_sharing": ws, "aux_loss": al}
 
 
 def _dataset(r, context):

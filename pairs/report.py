@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
 from .protocol import FitRecord, groupby, final_groups, final_table, options_text, search_table  # noqa: E402
-from .stats import diverged, mean_std, paired  # noqa: E402
+from .stats import DIVERGED_MIN_EPOCHS, MIN_PAIRED_ROUNDS, diverged, mean_std, paired  # noqa: E402
 from .train import Training  # noqa: E402
 
 STUDY = Path(__file__).parent / "study"
@@ -53,11 +53,21 @@ def table2(records):
     """Table 2 (final): ours beside the study's, with the diverged fits counted."""
     ours = pd.DataFrame(final_table(records))
     ours["diverged"] = [sum(diverged(r.final_errors[0]) for r in records if r.variant == v)
-                        for v in ours["variant"]]
+                        if e >= DIVERGED_MIN_EPOCHS else float("nan") for v, e in zip(ours["variant"], ours["epochs"])]
     study = study_table("table2")[["variant", "batch_size", "epochs", "train_error_mean", "train_error_std",
                                    "test_error_mean", "test_error_std", "s_per_epoch"]]
     study = study.rename(columns=lambda c: c if c == "variant" else f"study_{c}")
     return ours.merge(study, on="variant", how="left")
+
+
+def table2_row(records):
+    """One configuration's Table 2 numbers from its final fits (the comparison view's metrics in MLflow)."""
+    row = final_table(records)[0]
+    out = {k: row[k] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std",
+                               "param_count", "s_per_epoch", "rounds")}
+    if row["epochs"] >= DIVERGED_MIN_EPOCHS:
+        out["diverged"] = sum(diverged(r.final_errors[0]) for r in records)
+    return out
 
 
 def display(df, kind):
@@ -76,7 +86,7 @@ def display(df, kind):
                 "train error %": [_pm(m, s) for m, s in zip(df.train_error_mean, df.train_error_std)],
                 "test error %": [_pm(m, s) for m, s in zip(df.test_error_mean, df.test_error_std)],
                 "params": df.param_count, "s/epoch": [f"{s:.4f}" for s in df.s_per_epoch],
-                "diverged": df.diverged,
+                "diverged": ["—" if d != d else int(d) for d in df.diverged],
                 "study test %": [_pm(m, s) for m, s in zip(df.study_test_error_mean, df.study_test_error_std)],
                 "ours - study (points)": [f"{100 * (a - b):+.2f}" for a, b in zip(df.test_error_mean,
                                                                                   df.study_test_error_mean)],
@@ -291,8 +301,33 @@ def render(search, final, selection, protocol, meta, study=None):
     n_div = int(t2.diverged.sum())
     cmp_shown = cmp.assign(**{c: (100 * cmp[c]).round(2) for c in ("diff_mean", "ci_low", "ci_high")})
     p = protocol
-    return f"""# Comparing two MNIST digits: weight sharing and auxiliary losses — reproduction report
+    enough = protocol.final_rounds >= MIN_PAIRED_ROUNDS and not meta.get("smoke")
+    epochs = min(t2.epochs)
+    diverged_text = (f"Fits whose final training error is >= 40% count as diverged: {n_div} of {len(final)}."
+                     if epochs >= DIVERGED_MIN_EPOCHS else f"With {epochs} epochs a fit near chance may not have "
+                     f"learned yet: none is called diverged (that needs {DIVERGED_MIN_EPOCHS} epochs or more).")
+    if enough:
+        findings = f"""Differences from the study beyond the spread (reported as measured; the models and protocol were not
+tuned towards the published numbers):
+{differences(t2)}
 
+Known causes of differences: the study's final MLP used batch size 25 picked on the test set, here
+the selection comes from cross-validation alone; each round here draws its own pairs and seeds (the
+study's draws are unknown); the study's ConvNet std of 4.99 points, far above its variants', suggests
+fits that diverged there (raw 0..255 inputs make that likely), which the 'diverged' column counts here.
+"""
+        statistics = f"""## Paired statistics (test error of the second variant minus the first, in points, same rounds)
+{markdown(cmp_shown)}
+## Conclusions
+{conclusions(t2, cmp)}
+"""
+    else:
+        findings = ""
+        statistics = f"""## Paired statistics and conclusions
+Left out: {_not_enough(protocol, meta)}.
+"""
+    return f"""# Comparing two MNIST digits: weight sharing and auxiliary losses — reproduction report
+{banner(meta)}
 ## Setup
 - **Data**: pairs of MNIST digits average-pooled 2x2 to 14x14; target 1 when the first digit <= the second.
   Each round draws {p.pairs} training pairs from MNIST train and {p.pairs} test pairs from MNIST test
@@ -323,31 +358,34 @@ suggest a few diverged fits.
 
 ## Table 2 — final evaluation (mean ± std over {p.final_rounds} rounds)
 s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once),
-not comparable one to one with the study's one-model-at-a-time column. Fits whose final training error is
->= 40% count as diverged: {n_div} of {len(final)}.
+not comparable one to one with the study's one-model-at-a-time column. {diverged_text}
 
 {markdown(display(t2, 'table2'))}
-Differences from the study beyond the spread (reported as measured; the models and protocol were not
-tuned towards the published numbers):
-{differences(t2)}
-
-Known causes of differences: the study's final MLP used batch size 25 picked on the test set, here
-the selection comes from cross-validation alone; each round here draws its own pairs and seeds (the
-study's draws are unknown); the study's ConvNet std of 4.99 points, far above its variants', suggests
-fits that diverged there (raw 0..255 inputs make that likely), which the 'diverged' column counts here.
-
+{findings}
 ![ConvNet loss](loss_ConvNet.png) ![MLP loss](loss_MLP.png)
 
 ![Test error by round](test_error_by_round.png)
 
-## Paired statistics (test error of the second variant minus the first, in points, same rounds)
-{markdown(cmp_shown)}
-## Conclusions
-{conclusions(t2, cmp)}
-
+{statistics}
 ## Command
 `{meta.get('command', 'python -m flows')}` ({meta.get('launcher', 'started directly')})
 """
+
+
+def banner(meta):
+    """The warning atop the report of a smoke run (the quick profile, or counts below its study's)."""
+    if not meta.get("smoke"):
+        return ""
+    return (f"\n> **Smoke run** ({meta['smoke']}): the numbers below show that the pipeline runs end to end; they "
+            "are not findings. Run the study's full counts for results.\n")
+
+
+def _not_enough(protocol, meta):
+    """Why a report states no test, interval or claim."""
+    why = [f"{protocol.final_rounds} final round{'s' * (protocol.final_rounds != 1)}, and a paired test or interval "
+           f"needs at least {MIN_PAIRED_ROUNDS}"] if protocol.final_rounds < MIN_PAIRED_ROUNDS else []
+    return "; ".join(why + ([f"a smoke run ({meta['smoke']})"] if meta.get("smoke") else []))
+
 
 
 def arms_table(records, protocol, arms):
@@ -378,16 +416,17 @@ def arms_table(records, protocol, arms):
 
 def render_arms(table, study, protocol, meta):
     """REPORT.md of a study of fixed arms: each arm against the first, as points and as a share of the gap."""
+    enough = protocol.final_rounds >= MIN_PAIRED_ROUNDS and not meta.get("smoke")
     shown = pd.DataFrame({
         "variant": table.variant, "arm": table.arm, "batch/epochs": [f"{b}/{e}" for b, e in zip(table.batch_size,
                                                                                               table.epochs)],
         "test error %": [_pm(m, s) for m, s in zip(table.test_error_mean, table.test_error_std)],
-        "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"
+        "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})" if enough else "—"
                                           for d, lo, hi in zip(table.diff_mean, table.ci_low, table.ci_high)],
         "study %": [f"{100 * v:.2f}" for v in table.study_test_error_mean],
-        "share of the gap closed": [f"{100 * v:.0f}%" for v in table.share_of_gap_closed]})
-    lines = []
-    for variant, rows in table.groupby("variant", sort=False):
+        "share of the gap closed": [f"{100 * v:.0f}%" if enough else "—" for v in table.share_of_gap_closed]})
+    lines = [] if enough else [f"Differences, intervals and shares of the gap are left out: {_not_enough(protocol, meta)}."]
+    for variant, rows in table.groupby("variant", sort=False) if enough else ():
         first, rest = rows.iloc[0], rows.iloc[1:]
         lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%, the study "
                      f"{100 * first.study_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points). " + "; ".join(
@@ -399,7 +438,7 @@ def render_arms(table, study, protocol, meta):
                      f"{100 * (best.test_error_mean - best.study_test_error_mean):+.2f} points.")
     p = protocol
     return f"""# Study `{Path(study.path).stem}`: arms on paired rounds
-
+{banner(meta)}
 {study.description}
 
 - **Study file**: `{study.path}`; {p.final_rounds} paired rounds (every arm on the same pairs and seeds), {p.pairs} pairs per split.
@@ -413,7 +452,7 @@ share of the gap between the first arm and the study's published test error.
 {chr(10).join(lines)}
 
 ## Command
-`{meta.get('command', 'python -m flows')}`
+`{meta.get('command', 'python -m flows')}` ({meta.get('launcher', 'started directly')})
 """
 
 

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 
 DIVERGED_TRAIN_ERROR = 0.4
+DIVERGED_MIN_EPOCHS = 10  # before this, a fit at chance may just not have learned yet: not called diverged
+MIN_PAIRED_ROUNDS = 5  # fewer paired rounds: no test, interval or claim is reported
 
 
 def mean_std(values):
@@ -21,7 +23,8 @@ def mean_std(values):
 
 
 def diverged(train_error):
-    """A fit that ends with training error near chance has diverged (or never learned)."""
+    """A fit that ends with training error near chance has diverged (or never learned); only said of fits of at
+    least DIVERGED_MIN_EPOCHS epochs."""
     return train_error >= DIVERGED_TRAIN_ERROR
 
 

@@ -67,6 +67,12 @@ class Study:
         names = [n for n, _ in self.space]
         return [dict(zip(names, values)) for values in itertools.product(*(v for _, v in self.space))]
 
+    def typical(self):
+        """A candidate of the search space (first values, range lows; the variant left to each architecture): how
+        many groups a trial trains, for the progress total before its batch is asked."""
+        return {name: values["low"] if isinstance(values, dict) else values[0] for name, values in self.space
+                if name != "variant"}
+
     def suggest(self, trial, architecture):
         """An Optuna trial's candidate for one architecture (the variants of that architecture only)."""
         out = {}
@@ -81,14 +87,18 @@ class Study:
         return out
 
 
+def shipped():
+    """The names of the studies in studies/."""
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
 def resolve(name_or_path):
     """A shipped study's name (`al_gap`) or a path to a file."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
         path = SHIPPED / f"{name_or_path}.toml"
     if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml")))
-        raise StudyError(f"study {name_or_path}: no such file; shipped studies: {shipped}")
+        raise StudyError(f"study {name_or_path}: no such file; shipped studies: {', '.join(shipped())}")
     return path
 
 

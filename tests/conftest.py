@@ -91,6 +91,22 @@ def store(tmp_path, monkeypatch):
     return MlflowClient(uri)
 
 
+def failing(monkeypatch, match, times=99):
+    """A fault for tests: the library's train_group raises for a group holding a fit that `match(fit)` accepts, on
+    its first `times` attempts. Returns the labels of the groups' attempts, in order."""
+    from pairs import protocol as P
+    attempts, real = [], P.train_group
+
+    def train_group(group, *args, **kwargs):
+        if any(match(f) for f in group.fits):
+            attempts.append(group.label)
+            if len(attempts) <= times:
+                raise RuntimeError(f"injected failure, attempt {len(attempts)} of {times}")
+        return real(group, *args, **kwargs)
+    monkeypatch.setattr(P, "train_group", train_group)
+    return attempts
+
+
 def excerpt(out, marks=("Traceback", "Logging error", "Error", "error:")):
     """A failing command's output as a reader needs it: from the first line that shows a problem (a traceback can
     be followed by hundreds of lines), then the end."""

@@ -225,8 +225,8 @@ def batch(data_dir, tmp_path_factory):
         for name in stopped:
             run = runs[name]
             run.proc.wait(60)
-            run.reader.join(10)
-            run.watcher.join(GONE_WITHIN + 40)
+            run.watcher.join(GONE_WITHIN + 40)  # every process of the family gone (or the watch given up) ...
+            run.reader.join(30)  # ... so its output is complete: `mlflow run` exits first, its pipeline prints later
             facts[name] = {"code": run.proc.returncode, "gone_after": run.gone_after,
                            "left": {p: cmdline(p) for p in run.left()}, "servers": run.servers,
                            "family": len(run.family), "output": run.output(),

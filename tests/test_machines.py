@@ -119,10 +119,17 @@ def records_of(client, run_id, tmp):
 
 def assert_same_as_in_process(records, in_process):
     """Every fit's losses and errors equal those of the quick profile trained in this process, this session: the
-    same computation on the same machine, so bit for bit (s_per_epoch aside)."""
+    same fits on the same machine. Exact in everything but the losses, which may differ in their last bits: on an
+    AMD EPYC, one fit of the 40 (trained on a worker after the kill) came back one float32 ulp apart at epoch 3
+    (5.96e-8), which no in-process order, thread count, chunking or plain Dask worker reproduced."""
     assert len(records) == len(in_process)
+    losses = ("train_loss", "main_loss", "aux_loss")
     for r, here in zip(records, in_process):
-        assert replace(r, s_per_epoch=0) == replace(here, s_per_epoch=0), (r.stage, r.variant, r.round, r.fold)
+        unit = (r.stage, r.variant, r.config.batch_size, r.round, r.fold)
+        assert replace(r, s_per_epoch=0, **{k: () for k in losses}) == replace(
+            here, s_per_epoch=0, **{k: () for k in losses}), unit
+        for k in losses:
+            assert getattr(r, k) == pytest.approx(getattr(here, k), rel=1e-6, abs=0), (unit, k)
 
 
 def assert_fits_logged_once(client, experiment, out):

@@ -54,8 +54,29 @@ def test_run_tree(quick_run):
     root = quick_run["first"]["run_id"]
     stages = {r.info.run_name: rid for rid, r in all_runs.items() if r.data.tags.get("mlflow.parentRunId") == root}
     assert set(stages) == {"search", "final"}
+    rows = {rid: r for rid, r in all_runs.items() if r.data.tags.get("mlflow.parentRunId") == stages["final"]}
+    assert sorted(r.info.run_name for r in rows.values()) == sorted(QUICK.variants)  # a row per configuration
     for r in fit_runs(client, "quick"):
-        assert r.data.tags["mlflow.parentRunId"] == stages[r.data.params["stage"]]
+        parent = r.data.tags["mlflow.parentRunId"]
+        assert parent == stages["search"] if r.data.params["stage"] == "search" else \
+            rows[parent].info.run_name == r.data.params["variant"]
+    names = [r.info.run_name for r in fit_runs(client, "quick")]
+    assert len(set(names)) == len(names) and "final MLP_WS r1" in names and "search MLP batch 50 r1 f2" in names
+    pipelines = {root, quick_run["second"]["run_id"]}  # (the second call's runs: its stages and rows, no fits)
+    for r in all_runs.values():  # every run says its kind, pipeline, study, profile (and stage, below the pipeline)
+        kind = r.data.tags["pairs.kind"]
+        assert r.data.tags["pairs.pipeline_run"] in pipelines and (kind == "pipeline") == (r.info.run_id in pipelines)
+        assert (r.data.tags["pairs.profile"], r.data.tags["pairs.study"]) == ("quick", "profile grid")
+        assert kind == "pipeline" or "pairs.stage" in r.data.tags, r.info.run_name
+    assert all(r.data.tags["pairs.pipeline_run"] == root for r in fit_runs(client, "quick"))
+    row = next(r for r in rows.values() if r.info.run_name == "MLP_WS")
+    finals = [r for r in fit_runs(client, "quick") if r.data.tags["mlflow.parentRunId"] == row.info.run_id]
+    errors = [r.data.metrics["test_error"] for r in finals]
+    assert row.data.metrics["test_error_mean"] == pytest.approx(sum(errors) / len(errors))
+    assert row.data.metrics["rounds"] == QUICK.final_rounds and "diverged" not in row.data.metrics  # 3 epochs
+    assert all("train_aux_loss" not in r.data.metrics for r in finals)  # no aux loss without AL
+    assert {"train_seconds", "train_aux_loss"} <= set(next(r for r in fit_runs(client, "quick") if r.data.params[
+        "variant"] == "MLP_AL").data.metrics)
     params = all_runs[root].data.params
     for arch in QUICK.architectures:
         assert int(params[f"selected.{arch}.batch_size"]) in QUICK.batch_sizes
@@ -77,7 +98,11 @@ def test_artifacts_open(quick_run, tmp_path):
         assert b"<svg" in artifact(client, root, svg, tmp_path)[:2000]
     assert b"| variant |" in artifact(client, root, "table2.md", tmp_path)
     report = artifact(client, root, "REPORT.md", tmp_path).decode()
-    assert "## Table 1" in report and "## Table 2" in report and "## Conclusions" in report
+    assert "## Table 1" in report and "## Table 2" in report
+    # a smoke run: a banner; no claims, tests or "diverged" labels that two rounds of 3 epochs cannot support
+    assert "> **Smoke run** (the quick profile)" in report and "## Conclusions" not in report
+    assert "Left out: 2 final rounds, and a paired test or interval needs at least 5; a smoke run" in report
+    assert "none is called diverged" in report and "beyond the spread" not in report
     stage_files = {r.info.run_name: {a.path for a in client.list_artifacts(r.info.run_id)}
                    for r in runs(client, "quick") if r.info.run_name in ("search", "final")}
     assert {"table1.csv", "table1.md", "table1_heatmap.png"} <= stage_files["search"]

@@ -24,7 +24,8 @@ def test_mlproject_is_written_from_the_settings():
     assert set(spec) == {"main", "report"}  # one entry point runs any stage (until=prepare|search|final|report)
     params = spec["main"]["parameters"]
     assert params["until"]["default"] == "report"
-    assert params["lr"]["type"] == params["aux_weight"]["type"] == "float"  # typed where MLflow allows
+    # declared: the settings with a value of their own; the rest pass through when given (no empty params logged)
+    assert set(params) == {"profile", "register_model", "device", "until"}
 
 
 def test_every_field_of_protocol_and_run_is_one_setting_everywhere():
@@ -36,13 +37,18 @@ def test_every_field_of_protocol_and_run_is_one_setting_everywhere():
     mlp = yaml.safe_load(mlproject())["entry_points"]["main"]
     for s in SETTINGS:
         assert cli[s.name] == flow[s.name].default == s.default, s.name
-        if s.name != "experiment":  # `mlflow run --experiment-name` sets it
-            assert mlp["parameters"][s.name]["default"] == ("" if s.default is None else s.default), s.name
+        if s.name != "experiment" and s.default is not None:  # (`mlflow run --experiment-name` sets experiment)
+            assert mlp["parameters"][s.name]["default"] == s.default, s.name
             assert f"{s.flag} {{{s.name}}}" in mlp["command"]
+        elif s.name != "experiment":  # passed through by mlflow run as --name value: the parser takes that spelling
+            assert run_parser().parse_args([f"--{s.name}", ""]).__dict__[s.name] is None, s.name
     assert set(cli) == set(flow) == set(names)
     schema = pipeline.parameters.model_dump()["properties"]  # what the Prefect UI's custom run shows
     assert schema["batch_sizes"]["anyOf"][0] == {"items": {"type": "integer"}, "type": "array"}
     assert schema["normalize"]["anyOf"][0] == {"type": "boolean"}
+    assert all(schema[s.name]["description"].startswith(s.help) for s in SETTINGS)  # every field described
+    assert schema["profile"]["enum"] == ["full", "quick"] and schema["until"]["enum"][-1] == "report"  # dropdowns
+    assert schema["variants"]["anyOf"][0]["items"]["enum"][0] == "ConvNet"
 
 
 def test_a_new_field_becomes_a_setting_with_its_type():
@@ -89,6 +95,7 @@ def test_mlflow_run_quick(tmp_path, data_dir):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # attached, no second top-level run
     assert parents[0].data.params["profile"] == "quick"
     assert parents[0].data.params["protocol.aux_weight"] == "0.5"
+    assert "" not in parents[0].data.params.values()  # no empty parameters from MLproject
     fits = [r for r in all_runs if "pairs.fit_key" in r.data.tags]
     assert len(fits) == sum(__import__("pairs.protocol", fromlist=["PROFILES"]).PROFILES["quick"].fits())
     assert {r.data.params["aux_weight"] for r in fits} == {"0.5"}

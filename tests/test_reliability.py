@@ -1,11 +1,13 @@
 """Crashes, signals, retries, bad input and concurrency, with real processes on real stores."""
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def prefect_server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     home = tmp_path_factory.mktemp("prefect-home")
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")  # (else its UI asks port 4200)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -262,22 +265,34 @@ def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
     assert store.get_experiment_by_name("bad") is None
 
 
-def test_a_passing_failure_is_retried(prefect_env, data_dir, store, monkeypatch):
+def test_a_group_whose_first_attempt_fails_is_retried_and_prefect_shows_both_attempts(prefect_env, data_dir, store,
+                                                                                      monkeypatch):
+    """--fail-first (the README's way to watch a retry): the first attempt of each matching group fails, Prefect
+    retries it, the pipeline finishes with the same results; the task runs show two attempts and a retry state."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from flows import pipeline as flow_module
     monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
-    monkeypatch.setenv("PAIRS_INJECT_FAILURE", "search:MLP:0:0:1")
-    flow_module._attempts.clear()
     result = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1,
-                                  final_rounds=1, seed=11)
-    assert flow_module._attempts == {"search:MLP:0:0:1": 3}  # one failure, then one attempt per MLP cell
+                                  final_rounds=1, seed=11, fail_first="search MLP")
     assert store.get_run(result["run_id"]).info.status == "FINISHED"
+    flow_run = store.get_run(result["run_id"]).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))
+        attempts = {t.name: t.run_count for t in tasks if t.name.startswith("search ")}
+        retried = [t for t in tasks if t.name.startswith("search MLP")]
+        states = [s.name for s in client.read_task_run_states(retried[0].id)]
+    assert attempts == {"search ConvNet batch 25": 1, "search ConvNet batch 50": 1, "search MLP batch 25": 2,
+                        "search MLP batch 50": 2}, attempts
+    assert "AwaitingRetry" in states and states[-1] == "Completed", states
 
 
 def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_dir, store, monkeypatch):
+    from conftest import failing
     from flows import pipeline as flow_module
     monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
-    monkeypatch.setenv("PAIRS_INJECT_FAILURE", "final:MLP_WS:1:-:99")
-    flow_module._attempts.clear()
+    failing(monkeypatch, lambda f: (f.stage, f.variant, f.round) == ("final", "MLP_WS", 1))
     with pytest.raises(RuntimeError, match=r"final fits of MLP_WS at batch size \d+ \(rounds 0-1\) failed: "
                                            r"injected failure, attempt 3 of 99"):
         flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="lasting", seed=12)
@@ -288,25 +303,50 @@ def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
-def test_serve_registers_a_deployment(prefect_server, data_dir, tmp_path):
-    """`python -m flows serve` makes the pipeline a scheduled deployment the Prefect UI can trigger."""
+def test_serve_registers_a_deployment_whose_form_describes_and_checks_its_parameters(prefect_server, data_dir,
+                                                                                    tmp_path):
+    """`python -m flows serve` makes the pipeline a scheduled deployment the Prefect UI can trigger; its custom run
+    form (in headless Chromium) shows each parameter's description and dropdowns for choices; a value outside
+    the choices is refused by the API before a run exists."""
     import json
+
+    from test_doors import page
     env = env_for(tmp_path, data_dir, prefect_server)
     proc = subprocess.Popen([sys.executable, "-m", "flows", "serve", "--name", "ci-deployment", "--cron",
                              "0 3 * * 0", "--profile", "quick"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+    def post(path, body):
+        req = urllib.request.Request(prefect_server + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
     try:
         deadline, found = time.time() + 90, None
         while time.time() < deadline and not found:
             time.sleep(2)
-            req = urllib.request.Request(prefect_server + "/deployments/filter", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
-            found = [d for d in json.load(urllib.request.urlopen(req, timeout=5)) if d["name"] == "ci-deployment"]
+            found = [d for d in post("/deployments/filter", {})[1] if d["name"] == "ci-deployment"]
         assert found, "the deployment did not appear"
         dep = found[0]
         assert dep["parameters"] == {"profile": "quick"}
         assert any(s["schedule"].get("cron") == "0 3 * * 0" for s in dep["schedules"])
-        assert "batch_sizes" in dep["parameter_openapi_schema"]["properties"]
+        schema = dep["parameter_openapi_schema"]["properties"]
+        assert all(p.get("description") for p in schema.values()), [n for n, p in schema.items() if not p.get(
+            "description")]
+        assert schema["profile"]["enum"] == ["full", "quick"] and schema["device"]["enum"] == ["cpu", "cuda", "auto"]
+        code, said = post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"profile": "huge"}})
+        assert code == 409 and "'huge' is not one of ['full', 'quick']" in said, (code, said)
+        runs = post("/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})[1]
+        assert runs == [] or all(r["state_type"] == "SCHEDULED" for r in runs)  # the refused one was never made
+        ui = prefect_server.removesuffix("/api")
+        dom = page(f"{ui}/deployments/deployment/{dep['id']}/run", tmp_path, "prefect-form")
+        assert "the protocol whose values fill every setting left empty" in dom, dom[-3000:]
+        assert "Optuna trials per architecture" in dom, dom[-3000:]
+        assert re.search(r'<select[^>]*><option[^>]*value="full">full</option><option[^>]*selected=""[^>]*value="quick"',
+                         dom), "profile is not a dropdown showing quick"
     finally:
         proc.terminate()
         proc.wait(30)

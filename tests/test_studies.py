@@ -5,6 +5,8 @@ from pairs import protocol as P
 from pairs import studies
 from pairs.protocol import PROFILES
 
+from conftest import failing
+
 
 def test_the_faithful_study_is_the_default_protocol():
     study = studies.load("faithful")
@@ -160,15 +162,14 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
                                                                              monkeypatch):
     """The shipped extended study (2 trials per architecture, 1-2 epochs): a crash in the search, then one in the
     final rounds; each rerun finishes the trials left running or reuses the finished ones (no fit trained or
-    logged twice); the champion it registers answers `mlflow models predict`."""
+    logged twice); registered on request, its version says it is a smoke run and does not take the champion."""
     import json
     import re
-    import subprocess
-    import sys
 
     import mlflow
     import optuna
-    from flows.pipeline import REGISTERED, pipeline
+    from flows.pipeline import pipeline
+    from flows.registry import REGISTERED
     from flows.tracking import PARENT
     text = (studies.SHIPPED / "extended.toml").read_text()
     # epochs from the flags: a trial with a schedule is then two groups (one per epoch count)
@@ -176,14 +177,15 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
     assert tiny.count("trials = 2") == 1 and "epochs" not in tiny.split("[search.space]")[1]
     (tmp_path / "extended.toml").write_text(tiny)
     flags = dict(study=str(tmp_path / "extended.toml"), data_dir=data_dir, experiment="extended", pairs=300, folds=2,
-                 final_rounds=2, batch_sizes=[25], epochs=[1, 2])
+                 final_rounds=2, batch_sizes=[25], epochs=[1, 2], register_model="yes")
     from flows import pipeline as flow_module
     monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
-    for failure in ("search:-:0:0:99", "final:-:0:-:99"):  # a lasting failure: every retry fails
-        monkeypatch.setenv("PAIRS_INJECT_FAILURE", failure)
-        with pytest.raises(RuntimeError, match="injected failure"):
-            pipeline(**flags)
-        if failure.startswith("search"):
+    for stage in ("search", "final"):  # a lasting failure of round 0 (fold 0): every retry fails
+        with monkeypatch.context() as m:
+            failing(m, lambda f: (f.stage, f.round, f.fold or 0) == (stage, 0, 0))
+            with pytest.raises(RuntimeError, match="injected failure"):
+                pipeline(**flags)
+        if stage == "search":
             storage = store.get_run(store.search_runs([store.get_experiment_by_name("extended").experiment_id],
                                                       "tags.`pairs.stage` = 'search'")[0].info.run_id
                                     ).data.tags["pairs.optuna_storage"]
@@ -191,7 +193,6 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
             left = [t for s in optuna.get_all_study_summaries(storage) for t in
                     optuna.load_study(study_name=s.study_name, storage=storage).trials]
             assert left and all(t.state == optuna.trial.TrialState.RUNNING for t in left)
-    monkeypatch.delenv("PAIRS_INJECT_FAILURE")
     result = pipeline(**flags)
 
     summaries = optuna.get_all_study_summaries(storage)
@@ -218,18 +219,15 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
     assert {f.data.params["ensemble"] for f in final} == {"3"} and len(final) == 2 * 2  # the two selections
     assert all("pairs.model_uri" in f.data.tags for f in final)
 
-    champion = store.get_model_version_by_alias(REGISTERED, "champion")
-    assert champion.tags["pipeline_run"] == result["run_id"] and float(champion.tags["cv_error"]) < 0.5
-    info = mlflow.models.get_model_info(f"models:/{REGISTERED}@champion")
+    # a smoke run (counts below the study's) registered on request: a version that says so, never the champion
+    version = store.search_model_versions(f"name = '{REGISTERED}'")
+    assert len(version) == 1 and version[0].tags["pipeline_run"] == result["run_id"], version
+    tags = version[0].tags
+    assert tags["smoke"] == "counts below the study's: pairs 300 < 1000, folds 2 < 4, final_rounds 2 < 20", tags
+    assert (tags["study"], tags["pairs"], tags["folds"], tags["final_rounds"]) == ("extended", "300", "2", "2")
+    assert float(tags["cv_error"]) < 0.5 and json.loads(tags["selection"])["epochs"] in (1, 2)
+    assert "never the champion" in version[0].description and store.get_registered_model(REGISTERED).description
+    assert not store.get_registered_model(REGISTERED).aliases
+    info = mlflow.models.get_model_info(f"models:/{REGISTERED}/{version[0].version}")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 2, 14, 14)}
-    pairs = P.pair_sets(5, 1, data_dir)
-    sample = tmp_path / "pairs.json"
-    sample.write_text(json.dumps({"inputs": pairs.test_input.float().tolist()}))
-    out = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", f"models:/{REGISTERED}@champion",
-                          "-i", str(sample), "-t", "json", "--env-manager", "local"], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    predicted = json.loads(out.stdout.strip().splitlines()[-1])["predictions"]
-    local = mlflow.pyfunc.load_model(f"models:/{REGISTERED}@champion").predict(pairs.test_input.float().numpy())
-    assert len(predicted) == 5 and sum(predicted, []) == pytest.approx(sum(local.tolist(), []), abs=1e-6)
-    assert all(sum(p) == pytest.approx(1, abs=1e-5) for p in predicted)
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["P(first > second)", "P(first <= second)"]

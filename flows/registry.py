@@ -1,0 +1,91 @@
+"""The model registry: which pipeline registers a model, what its version says, and when `champion` moves.
+
+- Registering is a choice (`--register-model auto|yes|no`). `auto` registers a pipeline that ran the full protocol
+  of its study: the full profile with the study file's [protocol], no count below it. A quick-profile run, or
+  one with fewer pairs, rounds or folds than its study, is a smoke run: it registers only with `yes`.
+- The version is round 0's model of the selected configuration with the lowest CV error; its tags say the
+  study, profile, counts, selection, CV error and test errors, and its description says the same in words.
+- The alias `champion` moves to a new version when none holds it, or when the holder was selected under the
+  same cross-validation (same pairs, rounds, folds and base seed: the same folds) with a higher CV error. CV
+  errors of different protocols are not compared: the holder keeps the alias. A smoke run never takes it.
+"""
+import json
+from pathlib import Path
+
+from pairs import protocol as P
+
+REGISTERED = "pairs-best"
+DESCRIPTION = ("The best selected configuration of a pairs pipeline: two 14x14 MNIST digits in (float32, N x 2 x "
+               "14 x 14, raw pixels 0..255), [P(first > second), P(first <= second)] out. Each version's tags name "
+               "its study, profile, counts and selection; `champion` is the best by CV error among versions "
+               "selected under the same cross-validation (see flows/registry.py).")
+
+
+def smoke(protocol, reference, profile):
+    """Why a run is a smoke run (the quick profile, or counts below its study's), or '' for a full run."""
+    if profile == "quick":
+        return "the quick profile"
+    low = [f"{k} {getattr(protocol, k)} < {getattr(reference, k)}" for k in ("pairs", "search_rounds", "folds",
+                                                                             "final_rounds")
+           if getattr(protocol, k) < getattr(reference, k)]
+    return "counts below the study's: " + ", ".join(low) if low else ""
+
+
+def wanted(register, why_smoke):
+    """Whether to register: `yes`, `no`, or `auto` (a full run)."""
+    return register == "yes" or (register == "auto" and not why_smoke)
+
+
+def cv_protocol(protocol):
+    """What makes two CV errors comparable: the same pairs, rounds, folds and seed (so the same folds)."""
+    return f"pairs={protocol.pairs} search_rounds={protocol.search_rounds} folds={protocol.folds} seed={protocol.seed}"
+
+
+def register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke, context):
+    """Register round 0's model of the selected configuration with the lowest CV error; move `champion` by the
+    rule above. Prints one line saying what happened and why."""
+    rows = P.search_table(search)
+    cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
+        r.get(k) == v for k, v in s.items() if k in r)) for a, s in selection.items()}
+    kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran
+    if not kept:
+        return
+    arch = min(kept, key=cv.get)
+    group = kept[arch]
+    fit = group.fits[0]
+    run_id = tracker.fit_runs.get(fit.key(context))
+    if run_id is None:
+        return
+    test = [tracker.client.get_run(tracker.fit_runs[f.key(context)]).data.metrics["test_error"] for f in group.fits]
+    study_name = Path(study.path).stem or "profile grid"
+    tags = {"cv_error": cv[arch], "test_error": test[0], "test_error_mean": sum(test) / len(test),
+            "rounds": len(test), "variant": fit.variant, "study": study_name, "profile": profile,
+            "pairs": protocol.pairs, "search_rounds": protocol.search_rounds, "folds": protocol.folds,
+            "final_rounds": protocol.final_rounds, "cv_protocol": cv_protocol(protocol),
+            "selection": json.dumps(selection[arch], sort_keys=True), "smoke": why_smoke or "no",
+            "pipeline_run": tracker.run_id}
+    options = P.options_text(fit.config)
+    description = (f"{fit.variant}{' ' + options if options else ''}, batch {fit.config.batch_size}, "
+                   f"{fit.config.epochs} epochs; study {study_name}, profile {profile}: CV error {100 * cv[arch]:.2f}% "
+                   f"({cv_protocol(protocol)}), test error {100 * tags['test_error_mean']:.2f}% mean over "
+                   f"{len(test)} final rounds (this model: round 0, {100 * test[0]:.2f}%)"
+                   + (f". Smoke run ({why_smoke}): never the champion." if why_smoke else "."))
+
+    def promote(holder):
+        """(take the alias, why) given the version holding `champion` now (None: none)."""
+        if why_smoke:
+            return False, f"not champion: a smoke run ({why_smoke})"
+        if holder is None:
+            return True, "alias champion (none held it)"
+        if holder.tags.get("cv_protocol") != tags["cv_protocol"]:
+            return False, (f"champion stays version {holder.version}: selected under another cross-validation "
+                           f"({holder.tags.get('cv_protocol', 'not recorded')}), so the CV errors are not compared")
+        held = float(holder.tags["cv_error"])
+        return (True, f"alias champion (version {holder.version} had CV error {100 * held:.2f}%)") if held > cv[arch] \
+            else (False, f"champion stays version {holder.version} (CV error {100 * held:.2f}%)")
+    version, verdict = tracker.register(run_id, REGISTERED, tags, description, DESCRIPTION, promote)
+    if version is None:
+        print(f"[registry] {REGISTERED}: this pipeline's model is registered already", flush=True)
+        return
+    print(f"[registry] {REGISTERED} version {version.version}: {fit.variant}, CV error {100 * cv[arch]:.2f}%, "
+          f"round 0 test error {100 * test[0]:.2f}%; {verdict}", flush=True)

@@ -1,0 +1,163 @@
+"""The three doors, walked as a person walks them: `make run` (mlflow run) then the README's registry block in a
+fresh shell; the MLflow UI's comparison view (a real server, headless Chromium); the Prefect run form (a real
+server and deployment: descriptions, dropdowns, a bad value refused).
+
+Chromium is Debian's `chromium` (`apt-get install -y chromium`; .ci/run installs it when missing)."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pairs.models import VARIANTS
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+TINY = """description = "A tiny study, run at its own counts: what the registry block needs, in a minute."
+[protocol]
+pairs = 300
+search_rounds = 1
+folds = 2
+final_rounds = 2
+batch_sizes = [50]
+epochs = [2]
+architectures = ["MLP"]
+variants = ["MLP", "MLP_WS"]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url, proc, log, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"{url}: the server exited\n{Path(log).read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s\n{Path(log).read_text()[-3000:]}")
+
+
+def chromium():
+    found = shutil.which("chromium")
+    if not found:
+        pytest.fail("these tests look at the UIs in headless Chromium: apt-get install -y chromium")
+    return found
+
+
+def page(url, tmp_path, name):
+    """The page as Chromium renders it (its DOM after the scripts ran) and a screenshot of it."""
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / ('chrome-' + name)}", "--window-size=1600,1000",
+             "--virtual-time-budget=25000"]
+    subprocess.run(flags + [f"--screenshot={tmp_path / (name + '.png')}", url], capture_output=True, timeout=180)
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    (tmp_path / (name + ".html")).write_text(dom)
+    return dom
+
+
+def readme_block(marker):
+    """The bash block that follows `marker` in the README."""
+    text = (ROOT / "README.md").read_text()
+    assert marker in text, f"README has no {marker!r}"
+    return text.split(marker, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, data_dir):
+    """A copy of the repository (its venv linked in, its data at ./data) after `make run` of a tiny study, in the
+    environment of a user who has set nothing."""
+    repo = tmp_path_factory.mktemp("user") / "pairs"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)  # (mtimes kept: make finds the venv up to date)
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    (repo / "data").symlink_to(Path(data_dir).resolve())
+    (repo / "tiny.toml").write_text(TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PAIRS_", "PREFECT_"))}
+    env["PREFECT_HOME"] = str(repo.parent / "prefect-home")
+    out = subprocess.run(["make", "run", "STUDY=tiny.toml"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return repo, env, out.stdout + out.stderr
+
+
+def test_make_run_ends_saying_where_to_look_and_registers_the_champion(made):
+    repo, env, out = made
+    last = [ln for ln in out.splitlines() if ln.startswith("pipeline run ")][-1]
+    assert "`make ui`, then http://127.0.0.1:5000/#/experiments/" in last and "REPORT.md" in last, last
+    assert "[registry] pairs-best version 1: " in out and "alias champion (none held it)" in out, out[-3000:]
+
+
+def test_the_readme_registry_block_works_as_written_in_a_fresh_shell(made):
+    """Prediction through `mlflow models predict` and through `mlflow models serve` + an HTTP POST, from the
+    README, in a shell that has only what a user's has: nothing of make's environment."""
+    repo, env, _ = made
+    block = readme_block("<!-- registry block -->")
+    script = repo / "registry.sh"
+    script.write_text("set -e\n" + block)
+    proc = subprocess.Popen(["bash", str(script)], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the server the block started
+    assert proc.returncode == 0, out[-3000:]
+    answers = [json.loads(ln)["predictions"] for ln in out.splitlines() if ln.startswith('{"predictions"')]
+    assert len(answers) == 2 and sum(answers[0], []) == pytest.approx(sum(answers[1], []), abs=1e-6), out[-3000:]
+    assert len(answers[0]) == 5 and all(sum(p) == pytest.approx(1, abs=1e-5) for p in answers[0])
+    assert not (repo / "mlflow.db").exists()  # nothing stray: the block used the project's store
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(quick_run, tmp_path_factory):
+    """`mlflow server` (what `make ui` starts) on the store of the session's quick run."""
+    tmp = tmp_path_factory.mktemp("ui")
+    port, log = free_port(), tmp / "mlflow.log"
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", quick_run["uri"], "--host",
+                             "127.0.0.1", "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}", quick_run
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_ui, tmp_path):
+    """The pipeline's last line names the view; the UI, opened there, lists one row per variant with Table 2's
+    numbers as metrics, each variant in its own colour."""
+    base, run = mlflow_ui
+    client = run["client"]
+    pipeline_run = run["first"]["run_id"]
+    url = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\S+)", run["first"]["where"]).group(1)
+    rows = client.search_runs([client.get_run(pipeline_run).info.experiment_id],
+                              f"tags.`pairs.kind` = 'row' AND tags.`pairs.pipeline_run` = '{pipeline_run}'")
+    assert sorted(r.info.run_name for r in rows) == sorted(VARIANTS)
+    assert all({"test_error_mean", "test_error_std", "train_error_mean", "train_error_std", "param_count",
+                "s_per_epoch", "rounds"} <= set(r.data.metrics) for r in rows)
+    assert len({r.data.tags["mlflow.runColor"] for r in rows}) == 8
+    dom = page(base + url, tmp_path, "mlflow")
+    shown = sorted(v for v in VARIANTS if re.search(rf">{v}<", dom))
+    assert shown == sorted(VARIANTS), (shown, dom[-2000:])
+    assert "pairs.pipeline_run" in dom and "8 matching runs" in dom, dom[-2000:]
