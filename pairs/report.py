@@ -65,6 +65,7 @@ def table2_row(records):
     row = final_table(records)[0]
     out = {k: row[k] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std",
                                "param_count", "s_per_epoch", "rounds")}
+    out["train_seconds"] = sum(r.s_per_epoch * r.config.epochs for r in records)  # the configuration's training
     if row["epochs"] >= DIVERGED_MIN_EPOCHS:
         out["diverged"] = sum(diverged(r.final_errors[0]) for r in records)
     return out

@@ -107,6 +107,8 @@ def test_make_run_ends_saying_where_to_look_and_registers_the_champion(made):
     last = [ln for ln in out.splitlines() if ln.startswith("pipeline run ")][-1]
     assert "`make ui`, then http://127.0.0.1:5000/#/experiments/" in last and "REPORT.md" in last, last
     assert "[registry] pairs-best version 1: " in out and "alias champion (none held it)" in out, out[-3000:]
+    assert "Saving pytorch model by Pickle" not in out  # MLflow's warning, once per model logged: dropped
+    assert "--lr ''" not in out and "'' --" not in out  # mlflow run passes on no empty parameters
 
 
 def test_the_readme_registry_block_works_as_written_in_a_fresh_shell(made):
@@ -160,4 +162,13 @@ def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_ui, 
     dom = page(base + url, tmp_path, "mlflow")
     shown = sorted(v for v in VARIANTS if re.search(rf">{v}<", dom))
     assert shown == sorted(VARIANTS), (shown, dom[-2000:])
-    assert "pairs.pipeline_run" in dom and "8 matching runs" in dom, dom[-2000:]
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert "pairs.pipeline_run" in dom and re.search(r"\b8\s+matching runs", text), text[-2000:]
+
+
+def test_a_report_of_a_run_that_is_not_there_is_one_line(made):
+    repo, env, _ = made
+    out = subprocess.run([str(BIN / "python"), "-m", "flows", "report", "deadbeef"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: Run with id=deadbeef not found"), out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and str(repo / "mlruns" / "mlflow.db") in out.stderr

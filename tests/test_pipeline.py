@@ -109,6 +109,25 @@ def test_artifacts_open(quick_run, tmp_path):
     assert {"table2.csv", "table2.md", "loss_ConvNet.png", "statistics.csv"} <= stage_files["final"]
 
 
+def test_prefect_and_mlflow_name_each_other(quick_run):
+    """The MLflow pipeline run carries its Prefect flow run; the flow run has a link to the MLflow run and Table 2 as
+    artifacts; task runs are named for what they do."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+    run = quick_run["client"].get_run(quick_run["first"]["run_id"])
+    flow_run = run.data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run])))}
+        tasks = {t.name for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[flow_run])))}
+    assert quick_run["first"]["run_id"] in artifacts["mlflow-run"].data
+    assert "| MLP_WS_AL |" in artifacts["table-2"].data and "test error %" in artifacts["table-2"].data
+    assert {"prepare data", "select", "search MLP batch 50", "final MLP_WS", "log final MLP_WS",
+            "log search ConvNet batch 25", "artifacts of the report"} <= tasks, tasks
+
+
 def test_second_call_hits_the_cache(quick_run):
     assert len(fit_runs(quick_run["client"], "quick")) == quick_run["fits_after_first"]
     assert quick_run["second"]["selection"] == quick_run["first"]["selection"]

@@ -172,9 +172,10 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
     from flows.registry import REGISTERED
     from flows.tracking import PARENT
     text = (studies.SHIPPED / "extended.toml").read_text()
-    # epochs from the flags: a trial with a schedule is then two groups (one per epoch count)
-    tiny = re.sub(r"\ntrials = \d+", "\ntrials = 2", re.sub(r"\nepochs = \[[^]]*\]", "", text))
+    # epochs and batch size from the flags: a trial with a schedule is then two groups (one per epoch count)
+    tiny = re.sub(r"\ntrials = \d+", "\ntrials = 2", re.sub(r"\n(epochs|batch_size) = \[[^]]*\]", "", text))
     assert tiny.count("trials = 2") == 1 and "epochs" not in tiny.split("[search.space]")[1]
+    assert "batch_size" not in tiny  # (flags may not set what a study searches)
     (tmp_path / "extended.toml").write_text(tiny)
     flags = dict(study=str(tmp_path / "extended.toml"), data_dir=data_dir, experiment="extended", pairs=300, folds=2,
                  final_rounds=2, batch_sizes=[25], epochs=[1, 2], register_model="yes")
@@ -187,7 +188,7 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
                 pipeline(**flags)
         if stage == "search":
             storage = store.get_run(store.search_runs([store.get_experiment_by_name("extended").experiment_id],
-                                                      "tags.`pairs.stage` = 'search'")[0].info.run_id
+                                                      "tags.`pairs.kind` = 'stage' AND tags.`pairs.stage` = 'search'")[0].info.run_id
                                     ).data.tags["pairs.optuna_storage"]
             assert storage == f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"  # beside the MLflow store
             left = [t for s in optuna.get_all_study_summaries(storage) for t in
