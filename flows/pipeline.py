@@ -60,8 +60,9 @@ class Progress:
     """Progress lines with stage, group, epoch, fits done and the ETA of the whole call: after each group and,
     while one trains, every PROGRESS_EVERY seconds. They go to the console and the flow run's logs."""
 
-    def __init__(self, work, fits):
-        self.work, self.fits, self.done, self.fits_done = work, fits, 0, 0  # work: fit-epochs to train
+    def __init__(self, groups):
+        """`groups`: what the call plans to train; `plan` puts the real groups in place of estimated ones."""
+        self.work, self.fits, self.done, self.fits_done = work(groups), sum(len(g.fits) for g in groups), 0, 0
         self.start = self.last = time.time()
         self.group, self.trained = None, 0
 
@@ -468,7 +469,7 @@ def _report(run, write):
 def _arms(protocol, study, run, w, started, why_smoke):
     """A study of fixed arms: no search; every arm's final groups on the same rounds, then its report."""
     groups, tracker = P.arm_groups(protocol, study.arms), w.tracker
-    final = stage("final", groups, w, Progress(work(groups), sum(len(g.fits) for g in groups)),
+    final = stage("final", groups, w, Progress(groups),
                   lambda records, out: [R.save_records(records, out / "final_fits.json")])
     if run.until != "final":
         meta = run_meta(w, time.time() - started, why_smoke)
@@ -493,12 +494,12 @@ def _run(protocol, study, run, w):
         return _arms(protocol, study, run, w, started, why_smoke)
     # an Optuna search: each trial's groups are those of a typical candidate, until its batch is asked
     candidates = study.candidates() if study.method == "grid" else [study.typical()] * study.trials
-    search_groups, n_final = P.search_groups(protocol, candidates, run.chunk), protocol.fits()[1]
-    n_search = sum(len(g.fits) for g in search_groups)
-    if run.until == "search":
-        n_final = 0
-    guess = n_final * max(protocol.epochs)  # the final stage's fit-epochs, until the selection is known
-    progress = Progress(work(search_groups) + guess, n_search + n_final)
+    search_groups = P.search_groups(protocol, candidates, run.chunk)
+    # the final stage's groups under a stand-in selection, until the search has made the real one
+    guessed = [] if run.until == "search" else P.final_groups(protocol, {a: {
+        "batch_size": min(protocol.batch_sizes), "epochs": max(protocol.epochs)} | (
+        {"variant": a} if "variant" in dict(study.space) else {}) | study.final for a in protocol.architectures})
+    progress = Progress(search_groups + guessed)
     if study.method == "optuna":
         search = optuna_search(study, protocol, w, progress, P.search_groups(protocol, [study.typical()], run.chunk))
     else:
@@ -511,7 +512,7 @@ def _run(protocol, study, run, w):
         return {"run_id": tracker.run_id, "selection": selection}
 
     final_groups = P.final_groups(protocol, {a: s | study.final for a, s in selection.items()})
-    progress.work += work(final_groups) - guess
+    progress.plan(final_groups, guessed)
     final = stage("final", final_groups, w, progress, R.final_artifacts)
     publish_table2(final, tracker)
     if registry.wanted(run.register_model, why_smoke):

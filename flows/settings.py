@@ -186,10 +186,12 @@ def check_inputs(**values):
     study = studies.load(run.study) if run.study else studies.Study("", "", {})
     flags = {k: v for k, v in values.items() if k not in run_names and v is not None}
     searched = {"batch_size": "batch_sizes", "epochs": "epochs", "variant": "variants"}
-    both = [searched.get(k, k) for k, _ in study.space if searched.get(k, k) in flags]
+    both = [searched.get(k, k) for k, _ in study.space if searched.get(k, k) in flags] + [
+        k for k in ("batch_sizes", "epochs") if study.arms and k in flags]  # (each arm sets its own)
     if both:
-        raise ValueError(f"--{both[0].replace('_', '-')}: the study {study.path} searches it ([search.space]); "
-                         "leave the flag out, or edit a copy of the study")
+        raise ValueError(f"--{both[0].replace('_', '-')}: the study {study.path} "
+                         f"{'sets it in each arm' if study.arms else 'searches it ([search.space])'}; leave the flag "
+                         "out, or edit a copy of the study")
     if run.trials is not None:
         if study.method != "optuna":
             raise ValueError("--trials: only a study with an Optuna search has trials (e.g. --study extended)")

@@ -179,6 +179,11 @@ BAD = [
     (("t10k-labels-idx1-ubyte", "count"), "corrupt MNIST file"),
     ("unwritable", "is not writable"),
     ("server", "cannot be reached"),
+    (["--study", "extended", "--epochs", "2"], "extended.toml searches it ([search.space]); leave the flag out"),
+    (["--study", "al_gap", "--batch-sizes", "50"], "al_gap.toml sets it in each arm"),
+    (["--trials", "2"], "--trials: only a study with an Optuna search has trials"),
+    (["--study", "extended", "--trials", "0"], "trials must be a positive integer, got 0"),
+    (["--register-model", "maybe"], "invalid choice: 'maybe' (choose from auto, yes, no)"),
 ]
 
 

@@ -1,4 +1,6 @@
 """Study files: the shipped ones load and run; bad ones fail before any work; selection never sees test pairs."""
+from pathlib import Path
+
 import pytest
 
 from pairs import protocol as P
@@ -158,8 +160,8 @@ def test_a_quick_run_of_each_shipped_study(prefect_env, data_dir, store, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(prefect_env, data_dir, store, tmp_path,
-                                                                             monkeypatch):
+def test_the_extended_study_resumes_its_optuna_search_and_registers_on_request(prefect_env, data_dir, store,
+                                                                               tmp_path, monkeypatch, capsys):
     """The shipped extended study (2 trials per architecture, 1-2 epochs): a crash in the search, then one in the
     final rounds; each rerun finishes the trials left running or reuses the finished ones (no fit trained or
     logged twice); registered on request, its version says it is a smoke run and does not take the champion."""
@@ -194,7 +196,14 @@ def test_the_extended_study_resumes_its_optuna_search_and_serves_its_champion(pr
             left = [t for s in optuna.get_all_study_summaries(storage) for t in
                     optuna.load_study(study_name=s.study_name, storage=storage).trials]
             assert left and all(t.state == optuna.trial.TrialState.RUNNING for t in left)
+    capsys.readouterr()
     result = pipeline(**flags)
+    said = [ln for ln in "".join(capsys.readouterr()).splitlines() if " fits done" in ln]  # (Prefect's log lines)
+    counts = [tuple(map(int, re.search(r"(\d+)/(\d+) fits done", ln).groups())) for ln in said]
+    # the total is that of the groups planned (each trial's, once asked; the selections' final rounds): it ends met
+    assert counts[-1][0] == counts[-1][1] and all(done <= total for done, total in counts), said
+    assert counts[-1][1] == len(json.loads(Path(store.download_artifacts(result["run_id"], "search_fits.json", str(
+        tmp_path))).read_text())) + 2 * 2 and not [ln for ln in said if "ETA -" in ln], said
 
     summaries = optuna.get_all_study_summaries(storage)
     assert sorted(s.study_name.split("-")[1] for s in summaries) == ["ConvNet", "MLP"]
