@@ -16,17 +16,35 @@ from .tracking import download_artifacts
 
 
 def regenerate(run_id, out):
-    out.mkdir(parents=True, exist_ok=True)
+    """A pipeline run's report, from its run.json and fit records in the tracking store."""
     with tempfile.TemporaryDirectory() as tmp:
         run = json.loads(download_artifacts(run_id, ["run.json"], tmp)["run.json"].read_text())
-        study = Study(**run.get("study", {"path": "", "description": "", "protocol": {}}))
-        names = ["final_fits.json"] + ([] if study.arms else ["search_fits.json"])
-        files = download_artifacts(run_id, names, tmp)
-        final = R.load_records(files["final_fits.json"])
-        search = [] if study.arms else R.load_records(files["search_fits.json"])
+        names = ["final_fits.json"] + ([] if run.get("study", {}).get("arms") else ["search_fits.json"])
+        return rebuild(run, download_artifacts(run_id, names, tmp), out)
+
+
+def from_folder(folder, out):
+    """A published study folder's report, from the run.json and fit records (.json or .json.gz) it holds."""
+    run = json.loads((folder / "run.json").read_text())
+    names = ["final_fits.json"] + ([] if run.get("study", {}).get("arms") else ["search_fits.json"])
+    files = {n: next((p for p in (folder / n, folder / f"{n}.gz") if p.exists()), folder / n) for n in names}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no fit records {', '.join(missing)} (or .gz): a folder to rebuild holds run.json "
+                                "and the pipeline's search_fits.json / final_fits.json")
+    return rebuild(run, files, out)
+
+
+def rebuild(run, files, out):
+    """REPORT.md, tables and figures from run.json's settings and the fit records alone."""
+    out.mkdir(parents=True, exist_ok=True)
+    study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
+        "study", {"path": "", "description": "", "protocol": {}}).items()})
+    final = R.load_records(files["final_fits.json"])
     protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})
     if study.arms:
         return R.arms_report(final, study, protocol, out, run["meta"])
+    search = R.load_records(files["search_fits.json"])
     return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
 
 
@@ -44,7 +62,9 @@ def beside(run_ids, out):
 
 def main(argv):
     p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__)
-    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    p.add_argument("--from", dest="folder", type=Path, default=None, help="rebuild a published study folder "
+                   "(docs/results/...) from the run.json and fit records it holds, in place (or into --out)")
     p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID, or "
                    "reports/beside for several runs)")
     args = p.parse_args(argv)
@@ -59,7 +79,11 @@ def main(argv):
 
 
 def _write(args):
-    if len(args.run_ids) > 1:
+    if args.folder:
+        paths = from_folder(args.folder, args.out or args.folder)
+    elif not args.run_ids:
+        raise SystemExit("python -m flows report: give a RUN_ID (or several), or --from FOLDER")
+    elif len(args.run_ids) > 1:
         paths = beside(args.run_ids, args.out or Path("reports") / "beside")
     else:
         paths = regenerate(args.run_ids[0], args.out or Path("reports") / args.run_ids[0])

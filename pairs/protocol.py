@@ -15,6 +15,7 @@ import functools
 import hashlib
 import itertools
 import json
+from fractions import Fraction
 from dataclasses import asdict, dataclass, fields, replace
 
 from .data import derive_seed, kfold, pair_sets
@@ -288,9 +289,15 @@ def searched_options(records):
             + [k for k in DEFAULT.training() if {getattr(r.config, k) for r in records} != {getattr(DEFAULT, k)}])
 
 
+def fold_size(fit):
+    """Pairs in a search fit's validation fold (kfold: the first pairs % folds folds hold one more)."""
+    return fit.pairs // fit.folds + (fit.fold < fit.pairs % fit.folds)
+
+
 def search_table(records):
     """Table 1 rows: per (architecture, batch size, searched options, epochs) the mean/std of train and
-    validation error over the rounds x folds fits."""
+    validation error over the rounds x folds fits, and the misclassified validation pairs of them all
+    (`val_errors` of `val_pairs`: what the selection compares, exactly)."""
     rows, options = [], searched_options(records)
     cell = lambda r: (parse(r.variant)[0], r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
     for (arch, batch, *values), group in groupby(records, cell).items():
@@ -299,20 +306,43 @@ def search_table(records):
             tr, va = mean_std([r.train_error[e] for r in scored]), mean_std([r.eval_error[e] for r in scored])
             rows.append({"architecture": arch, "batch_size": batch, **dict(zip(options, values)), "epochs": e,
                          "fits": len(scored), "train_error_mean": tr[0], "train_error_std": tr[1],
-                         "val_error_mean": va[0], "val_error_std": va[1]})
+                         "val_error_mean": va[0], "val_error_std": va[1],
+                         "val_errors": sum(round(r.eval_error[e] * fold_size(r)) for r in scored),
+                         "val_pairs": sum(fold_size(r) for r in scored)})
     return rows
 
 
-SCORES = ("architecture", "fits", "train_error_mean", "train_error_std", "val_error_mean", "val_error_std")
+SCORES = ("architecture", "fits", "train_error_mean", "train_error_std", "val_error_mean", "val_error_std",
+          "val_errors", "val_pairs")
+TIE_RULE = ("lowest validation error, compared as counts of misclassified validation pairs (exact); ties go to "
+            "fewer epochs, then the smaller batch size, then the lower std of the fold errors (the steadier "
+            "candidate), then the candidate searched first")
+
+
+def _rank(indexed):
+    i, r = indexed
+    return Fraction(r["val_errors"], r["val_pairs"]), r["epochs"], r["batch_size"], r["val_error_std"], i
 
 
 def select(table1_rows):
-    """Per architecture the candidate (batch size, epochs, searched options) of lowest mean validation error
-    (ties: fewer epochs, smaller batch). Table 1 holds validation folds only: the test pairs play no part."""
+    """Per architecture the candidate (batch size, epochs, searched options) by TIE_RULE. Table 1 holds validation
+    folds only: the test pairs play no part."""
     best = {}
-    for r in sorted(table1_rows, key=lambda r: (r["val_error_mean"], r["epochs"], r["batch_size"])):
+    for _, r in sorted(enumerate(table1_rows), key=_rank):
         best.setdefault(r["architecture"], {k: v for k, v in r.items() if k not in SCORES})
     return best
+
+
+def tied(table1_rows):
+    """Per architecture, the candidates with as few validation errors as the selected one (the selected first),
+    when there are more than one: what the report names."""
+    out = {}
+    for _, r in sorted(enumerate(table1_rows), key=_rank):
+        first = out.setdefault(r["architecture"], [r])[0]
+        if r is not first and Fraction(r["val_errors"], r["val_pairs"]) == Fraction(first["val_errors"],
+                                                                                     first["val_pairs"]):
+            out[r["architecture"]].append(r)
+    return {a: rows for a, rows in out.items() if len(rows) > 1}
 
 
 def final_table(records):

@@ -5,6 +5,7 @@ rebuilt from what a run stored without training. The study's own numbers and cho
 pairs/study/ (table1.csv, table2.csv, selection.csv: what its search chose). Errors are fractions;
 tables show percentages.
 """
+import gzip
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .models import parse  # noqa: E402
-from .protocol import FitRecord, groupby, final_groups, final_table, options_text, search_table  # noqa: E402
+from .protocol import (SCORES, TIE_RULE, FitRecord, final_groups, final_table, groupby, options_text,  # noqa: E402
+                       search_table, tied)
 from .stats import DIVERGED_MIN_EPOCHS, MIN_PAIRED_ROUNDS, diverged, mean_std, paired  # noqa: E402
 from .train import Training  # noqa: E402
 
@@ -199,7 +201,9 @@ def save_records(records, path):
 
 
 def load_records(path):
-    return [FitRecord.from_json(d) for d in json.loads(Path(path).read_text())]
+    """Fit records from a pipeline's JSON (or the same gzipped, .json.gz, as docs/results keeps large ones)."""
+    data = Path(path).read_bytes()
+    return [FitRecord.from_json(d) for d in json.loads(gzip.decompress(data) if str(path).endswith(".gz") else data)]
 
 
 def search_artifacts(records, out):
@@ -241,11 +245,13 @@ def conclusions(t2, cmp):
     def verdict(r):
         if r is None or r.n < 2:
             return "not testable (too few rounds)"
-        sig = r.ci_high < 0 or r.ci_low > 0
+        by_t, by_w = r.ci_high < 0 or r.ci_low > 0, r.wilcoxon_pvalue < 0.05
         word = "lower" if r.diff_mean < 0 else "higher"
+        sig = {(True, True): "significant at 5% by both tests", (False, False): "not significant at 5% by either test",
+               (True, False): "significant at 5% by the t-test only", (False, True): "significant at 5% by the "
+               "Wilcoxon test only"}[by_t, by_w]
         return (f"{100 * r.diff_mean:+.2f} points (95% CI {100 * r.ci_low:+.2f} to {100 * r.ci_high:+.2f}, "
-                f"t-test p={r.t_pvalue:.3g}, Wilcoxon p={r.wilcoxon_pvalue:.3g}): test error {word}"
-                f"{'' if sig else ', not significant at 5%'}")
+                f"t-test p={r.t_pvalue:.3g}, Wilcoxon p={r.wilcoxon_pvalue:.3g}): test error {word}, {sig}")
 
     for arch in dict.fromkeys(cmp.architecture):
         ws, al = row(arch, "WS vs plain"), row(arch, "AL vs plain")
@@ -253,14 +259,16 @@ def conclusions(t2, cmp):
         lines.append(f"- **{arch}**: WS vs plain {verdict(ws)}; AL vs plain {verdict(al)}; WS+AL vs AL {verdict(both_vs_al)}.")
         if ws is not None and al is not None:
             holds = al.diff_mean < ws.diff_mean
-            lines.append(f"  - \"AL helps more than WS\": {'holds' if holds else 'does not hold'} for {arch} "
-                         f"({100 * al.diff_mean:+.2f} vs {100 * ws.diff_mean:+.2f} points).")
+            lines.append(f"  - \"AL helps more than WS\": {'holds' if holds else 'does not hold'} for {arch} by the "
+                         f"point estimates ({100 * al.diff_mean:+.2f} vs {100 * ws.diff_mean:+.2f} points; the "
+                         "difference of the two is not tested).")
         if both_vs_al is not None and both_vs_al.n >= 2:
             better = both_vs_al.ci_high < 0
             study = study_table("table2").set_index("variant").test_error_mean
             study_says = "yes" if study[f"{arch}_WS_AL"] < study[f"{arch}_AL"] else "no"
             lines.append(f"  - \"WS+AL beats AL\" (the study: {study_says}): "
-                         f"{'yes, significantly' if better else 'not significantly'} here.")
+                         f"{'yes' if better else 'not significantly'} here (the t-test's 95% CI "
+                         f"{'lies below 0' if better else 'reaches 0 or above'}).")
     for arch in dict.fromkeys(parse(v)[0] for v in t2.variant):
         plain, ws = t2[t2.variant == arch], t2[t2.variant == f"{arch}_WS"]
         if len(plain) and len(ws):
@@ -307,7 +315,8 @@ def render(search, final, selection, protocol, meta, study=None):
     diverged_text = (f"Fits whose final training error is >= 40% count as diverged: {n_div} of {len(final)}."
                      if epochs >= DIVERGED_MIN_EPOCHS else f"With {epochs} epochs a fit near chance may not have "
                      f"learned yet: none is called diverged (that needs {DIVERGED_MIN_EPOCHS} epochs or more).")
-    if enough:
+    published = t1[[c for c in t1.columns if c.startswith("study_")]].notna().any().any()  # its grid's cells
+    if enough and published:
         findings = f"""Differences from the study beyond the spread (reported as measured; the models and protocol were not
 tuned towards the published numbers):
 {differences(t2)}
@@ -317,16 +326,26 @@ the selection comes from cross-validation alone; each round here draws its own p
 study's draws are unknown); the study's ConvNet std of 4.99 points, far above its variants', suggests
 fits that diverged there (raw 0..255 inputs make that likely), which the 'diverged' column counts here.
 """
+    else:
+        findings = ""
+    if enough and len(cmp):
         statistics = f"""## Paired statistics (test error of the second variant minus the first, in points, same rounds)
 {markdown(cmp_shown)}
 ## Conclusions
 {conclusions(t2, cmp)}
 """
+    elif enough:
+        statistics = ""  # no variant and its base both ran (e.g. one selected configuration per architecture)
     else:
-        findings = ""
         statistics = f"""## Paired statistics and conclusions
 Left out: {_not_enough(protocol, meta)}.
 """
+    normalisation = f"""Validation errors here are fractions of each fold's pairs. The study's validation errors (about 2%) are ten
+times below its own final test errors (10-18%): consistent with dividing a fold's error count by 1000
+instead of the fold's {p.pairs // p.folds} pairs. Its training errors with stds above their means also
+suggest a few diverged fits.
+""" if published else ""
+    chosen = f"\n{study_choices()}; here the selection comes from cross-validation alone.\n" if published else ""
     return f"""# Comparing two MNIST digits: weight sharing and auxiliary losses — reproduction report
 {banner(meta)}
 ## Setup
@@ -334,8 +353,8 @@ Left out: {_not_enough(protocol, meta)}.
   Each round draws {p.pairs} training pairs from MNIST train and {p.pairs} test pairs from MNIST test
   (2x{p.pairs} distinct images per split). Inputs {'standardised with the training set mean/std' if p.normalize else 'raw (0..255), as the study'}.
 - **Models**: ConvNet and MLP, each plain, with weight sharing (WS), auxiliary digit loss (AL, weight {p.aux_weight}), both.
-- **Protocol**: {searched(p, study)}; selection by lowest mean validation error;
-  final evaluation {p.final_rounds} rounds x {len(t2)} variants. Adam, lr {p.lr}{' (or as searched)' * bool(study and study.space)}. Base seed {p.seed}.
+- **Protocol**: {searched(p, study)}; selection by lowest validation error (the rule under Selection);
+  final evaluation {p.final_rounds} rounds x {len(t2)} variants. {'AdamW' if p.weight_decay else 'Adam'}, lr {p.lr}{' (or as searched)' * bool(study and study.space)}. Base seed {p.seed}.
 - **Options beyond the study**: {', '.join(f'{k}={v}' for k, v in p.training().items()
                                         if v != getattr(Training(), k) and k not in ('lr', 'aux_weight', 'normalize'))
                                  or ('as selected (below)' if study and study.space else 'none')}.
@@ -343,11 +362,7 @@ Left out: {_not_enough(protocol, meta)}.
 - **Wall time**: {meta.get('wall_time', 'see the pipeline run in MLflow')}.
 
 ## Table 1 — cross-validated search (mean ± std over {p.search_rounds * p.folds} fits per cell)
-Validation errors here are fractions of each fold's pairs. The study's validation errors (about 2%) are ten
-times below its own final test errors (10-18%): consistent with dividing a fold's error count by 1000
-instead of the fold's {p.pairs // p.folds} pairs. Its training errors with stds above their means also
-suggest a few diverged fits.
-
+{normalisation}
 {markdown(display(t1, 'table1'))}
 ![Table 1 heat map](table1_heatmap.png)
 
@@ -355,8 +370,8 @@ suggest a few diverged fits.
 {chr(10).join(f'- {a}: batch size {s["batch_size"]}, {s["epochs"]} epochs' + ''.join(
     f', {k}={v}' for k, v in s.items() if k not in ('batch_size', 'epochs')) for a, s in selection.items())}
 
-{study_choices()}; here the selection comes from cross-validation alone.
-
+Rule: {TIE_RULE}.
+{ties(search)}{chosen}
 ## Table 2 — final evaluation (mean ± std over {p.final_rounds} rounds)
 s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once),
 not comparable one to one with the study's one-model-at-a-time column. {diverged_text}
@@ -371,6 +386,19 @@ not comparable one to one with the study's one-model-at-a-time column. {diverged
 ## Command
 `{meta.get('command', 'python -m flows')}` ({meta.get('launcher', 'started directly')})
 """
+
+
+def ties(search):
+    """The candidates tied with each selection, named, or nothing."""
+    lines = []
+    for arch, rows in tied(search_table(search)).items():
+        keys = [k for k in rows[0] if k not in SCORES]
+        differ = [k for k in keys if len({str(r[k]) for r in rows}) > 1]
+        lines.append(f"- {arch}: {len(rows)} candidates tied at {rows[0]['val_errors']} of {rows[0]['val_pairs']} "
+                     "validation pairs misclassified, told apart by the rule: " + "; ".join(
+                         ", ".join(f"{k} {r[k]:.4g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in differ)
+                         + (" (selected)" if i == 0 else "") for i, r in enumerate(rows)) + ".")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def banner(meta):
