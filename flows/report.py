@@ -48,6 +48,18 @@ def rebuild(run, files, out):
     return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
 
 
+def beside_folders(folders, out):
+    """The final rounds of these published folders beside each other, each named by its study and folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    studies = {}
+    for folder in folders:
+        run = json.loads((folder / "run.json").read_text())
+        study = Path(run.get("study", {}).get("path") or "faithful").stem
+        records = next(p for p in (folder / "final_fits.json", folder / "final_fits.json.gz") if p.exists())
+        studies[f"{study} ({folder.as_posix()})"] = R.load_records(records)
+    return R.beside(studies, out)
+
+
 def beside(run_ids, out):
     """The final rounds of these pipeline runs beside each other, each named by its study and run."""
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +75,9 @@ def beside(run_ids, out):
 def main(argv):
     p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__)
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
-    p.add_argument("--from", dest="folder", type=Path, default=None, help="rebuild a published study folder "
-                   "(docs/results/...) from the run.json and fit records it holds, in place (or into --out)")
+    p.add_argument("--from", dest="folders", type=Path, action="append", default=[], help="rebuild a published "
+                   "study folder (docs/results/...) from the run.json and fit records it holds, in place (or into "
+                   "--out); given several times, put their final rounds beside each other (into --out)")
     p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID, or "
                    "reports/beside for several runs)")
     args = p.parse_args(argv)
@@ -79,8 +92,12 @@ def main(argv):
 
 
 def _write(args):
-    if args.folder:
-        paths = from_folder(args.folder, args.out or args.folder)
+    if len(args.folders) == 1:
+        paths = from_folder(args.folders[0], args.out or args.folders[0])
+    elif args.folders:
+        if not args.out:
+            raise SystemExit("python -m flows report: several --from folders go beside each other into --out DIR")
+        paths = beside_folders(args.folders, args.out)
     elif not args.run_ids:
         raise SystemExit("python -m flows report: give a RUN_ID (or several), or --from FOLDER")
     elif len(args.run_ids) > 1:

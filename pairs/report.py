@@ -123,9 +123,10 @@ def comparisons(records):
 def _save(fig, out, name, svg=False):
     paths = [out / f"{name}.png"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    if svg:
+    if svg:  # (no date, fixed ids: the same records give the same file)
         paths.append(out / f"{name}.svg")
-        fig.savefig(paths[1], bbox_inches="tight")
+        with plt.rc_context({"svg.hashsalt": "pairs"}):
+            fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
 

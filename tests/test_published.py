@@ -1,0 +1,26 @@
+"""The published results (docs/results/...): each folder rebuilds, byte for byte, from the fit records and the
+run.json it holds (`python -m flows report --from FOLDER`), so every number in them can be recomputed."""
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ["docs/results/extended"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_a_published_folder_rebuilds_from_its_records(folder, tmp_path):
+    from flows.report import from_folder
+    written = {p.name for p in from_folder(ROOT / folder, tmp_path) if p.suffix in (".md", ".csv", ".svg")}
+    published = sorted(p.name for p in (ROOT / folder).iterdir() if p.suffix in (".md", ".csv", ".svg"))
+    assert "REPORT.md" in published and set(published) == written, (published, written)  # nothing stale beside
+    for name in published:
+        assert (tmp_path / name).read_text() == (ROOT / folder / name).read_text(), \
+            f"{folder}/{name} differs from what its records give: python -m flows report --from {folder}"
+
+
+def test_a_folder_without_records_says_what_it_needs(tmp_path):
+    from flows.report import from_folder
+    (tmp_path / "run.json").write_text('{"protocol": {}, "meta": {}}')
+    with pytest.raises(FileNotFoundError, match="no fit records .*final_fits.json"):
+        from_folder(tmp_path, tmp_path / "out")
