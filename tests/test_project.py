@@ -119,3 +119,15 @@ def test_mlflow_run_rejects_bad_parameters_before_any_work(tmp_path, data_dir):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"] and not any("pairs.stage" in r.data.tags for r in runs)
+
+
+def test_the_prefect_module_the_lifetime_guard_patches_still_starts_the_server_with_popen():
+    """flows.lifetime gives Prefect's temporary-server module its own `subprocess`: a Prefect upgrade that moves
+    or rewrites that start would turn the guard off silently; this fails first."""
+    import importlib
+    import inspect
+
+    from flows.lifetime import _SERVER_MODULE, _Subprocess
+    module = importlib.import_module(_SERVER_MODULE)
+    assert module.subprocess is subprocess or isinstance(module.subprocess, _Subprocess)
+    assert "subprocess.Popen(" in inspect.getsource(module), f"{_SERVER_MODULE} no longer starts the server with Popen"

@@ -125,10 +125,9 @@ def test_two_pipelines_on_one_store(prefect_server, data_dir, tmp_path):
     runs = all_runs(envs[0])
     pipelines = [r for r in runs if r.info.run_name.startswith("pipeline")]
     assert len(pipelines) == 2 and all(r.info.status == "FINISHED" for r in pipelines)
-    by_id = {r.info.run_id: r for r in runs}
     for p in pipelines:
-        stages = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id}
-        fits = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in stages]
+        fits = [r for r in runs if r.data.tags.get("pairs.pipeline_run") == p.info.run_id and
+                r.data.tags["pairs.kind"] == "fit"]
         assert len(fits) == N_FITS
         # every fit of this tree came from this pipeline's process and its seed
         assert {r.data.tags["pairs.pid"] for r in fits} == {p.data.tags["pairs.pid"]}
