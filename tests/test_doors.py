@@ -96,10 +96,25 @@ def made(tmp_path_factory, data_dir):
     (repo / "tiny.toml").write_text(TINY)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PAIRS_", "PREFECT_"))}
     env["PREFECT_HOME"] = str(repo.parent / "prefect-home")
-    out = subprocess.run(["make", "run", "STUDY=tiny.toml"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(["make", "run", "STUDY=tiny.toml", "ARGS=-P aux_weight=0.5"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return repo, env, out.stdout + out.stderr
+
+
+def test_make_run_is_one_run_tree_under_the_run_mlflow_opened(made):
+    """`make run` = `mlflow run . --env-manager local`: the pipeline attaches to the run mlflow opened (one
+    top-level run), -P values reach the protocol, and no empty parameter is logged."""
+    from mlflow.tracking import MlflowClient
+    repo, env, out = made
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pairs").experiment_id], max_results=1000)
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1 and top[0].info.status == "FINISHED" and "mlflow.project.entryPoint" in top[0].data.tags
+    assert top[0].data.params["protocol.aux_weight"] == "0.5" and top[0].data.params["profile"] == "full"
+    assert "" not in top[0].data.params.values()  # only the settings given or with a default of their own
+    fits = [r for r in runs if r.data.tags.get("pairs.kind") == "fit"]
+    assert len(fits) == 1 * 2 * 1 + 2 * 2 and {r.data.params["aux_weight"] for r in fits} == {"0.5"}
 
 
 def test_make_run_ends_saying_where_to_look_and_registers_the_champion(made):

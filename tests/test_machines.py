@@ -230,7 +230,8 @@ def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, da
         if "[search]" in line and not gone.is_set():
             gone.set()
             cluster.stop("scheduler")
-    small = ("--until", "search", "--architectures", "MLP", "--variants", "MLP")
+    # groups of a second or two (4 MLP cells of 1000 pairs, 8 epochs, 2 workers): two wait when the first is back
+    small = ("--until", "search", "--architectures", "MLP", "--variants", "MLP", "--pairs", "1000", "--epochs", "8")
     rc, out = cluster.pipeline(data_dir, "results-gone", "dask-gone", *small, on_line=stop_the_scheduler,
                                DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")  # give up on it after 3 s
     assert gone.is_set() and rc == 1, out[-3000:]

@@ -75,34 +75,6 @@ def test_conda_env_pins_what_pyproject_pins():
 
 
 @pytest.mark.slow
-def test_mlflow_run_quick(tmp_path, data_dir):
-    """`mlflow run . --env-manager local -P profile=quick`, as the README types it, in a fresh store."""
-    import os
-    from mlflow.tracking import MlflowClient
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PAIRS_DATA_DIR=data_dir,
-               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "results"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("MLFLOW_RUN_ID", None)
-    out = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "cli",
-                          "-P", "profile=quick", "-P", "aux_weight=0.5", "-P", "until=final"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("cli")
-    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # attached, no second top-level run
-    assert parents[0].data.params["profile"] == "quick"
-    assert parents[0].data.params["protocol.aux_weight"] == "0.5"
-    assert "" not in parents[0].data.params.values()  # no empty parameters from MLproject
-    fits = [r for r in all_runs if "pairs.fit_key" in r.data.tags]
-    assert len(fits) == sum(__import__("pairs.protocol", fromlist=["PROFILES"]).PROFILES["quick"].fits())
-    assert {r.data.params["aux_weight"] for r in fits} == {"0.5"}
-    assert not client.list_artifacts(parents[0].info.run_id)  # until=final: no report
-
-
-@pytest.mark.slow
 def test_mlflow_run_rejects_bad_parameters_before_any_work(tmp_path, data_dir):
     """`-P search_rounds=0`: a one-line error, a non-zero exit, and only MLflow's own run (FAILED) in the store."""
     import os
