@@ -66,6 +66,67 @@ def quick_records(data_dir):
     return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)]
 
 
+def _serve(cmd, health, log, env, what):
+    """A server process in its own session, once `health` answers; killed with its group at the end."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(health, timeout=3):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"{what} did not start: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.5)
+    return proc
+
+
+def _port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1 (its UI pointed at its own API), shared by the test modules that
+    need one: returns its API URL."""
+    import signal
+    import sys
+    tmp, port = tmp_path_factory.mktemp("prefect-server"), _port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(tmp / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", PREFECT_UI_API_URL=url)  # (else its UI asks port 4200)
+    env.pop("PREFECT_API_URL", None)
+    proc = _serve([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                  f"{url}/health", tmp / "server.log", env, "prefect server")
+    yield url
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(quick_run, tmp_path_factory):
+    """A real `mlflow server` (what `make ui` starts) on the store of the session's quick run, with artifacts of
+    new experiments proxied to a folder; shared by the UI test and the cluster tests: {url, artifacts}."""
+    import signal
+    import sys
+    tmp, port = tmp_path_factory.mktemp("mlflow-server"), _port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = _serve([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", quick_run["uri"],
+                   "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/health", tmp / "server.log", env, "mlflow server")
+    yield {"url": f"http://127.0.0.1:{port}", "artifacts": tmp / "artifacts"}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def pairs_1000(data_dir):
     from pairs.data import pair_sets

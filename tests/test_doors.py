@@ -8,11 +8,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,24 +31,6 @@ epochs = [2]
 architectures = ["MLP"]
 variants = ["MLP", "MLP_WS"]
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url, proc, log, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"{url}: the server exited\n{Path(log).read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=3):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s\n{Path(log).read_text()[-3000:]}")
 
 
 def chromium():
@@ -146,25 +125,10 @@ def test_the_readme_registry_block_works_as_written_in_a_fresh_shell(made):
     assert not (repo / "mlflow.db").exists()  # nothing stray: the block used the project's store
 
 
-@pytest.fixture(scope="module")
-def mlflow_ui(quick_run, tmp_path_factory):
-    """`mlflow server` (what `make ui` starts) on the store of the session's quick run."""
-    tmp = tmp_path_factory.mktemp("ui")
-    port, log = free_port(), tmp / "mlflow.log"
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", quick_run["uri"], "--host",
-                             "127.0.0.1", "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), start_new_session=True)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", proc, log)
-        yield f"http://127.0.0.1:{port}", quick_run
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_ui, tmp_path):
+def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_server, quick_run, tmp_path):
     """The pipeline's last line names the view; the UI, opened there, lists one row per variant with Table 2's
     numbers as metrics, each variant in its own colour."""
-    base, run = mlflow_ui
+    base, run = mlflow_server["url"], quick_run
     client = run["client"]
     pipeline_run = run["first"]["run_id"]
     url = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\S+)", run["first"]["where"]).group(1)

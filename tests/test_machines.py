@@ -29,26 +29,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def answers(url):
-    try:
-        with urllib.request.urlopen(url, timeout=3):
-            return True
-    except OSError:
-        return False
-
-
 class Cluster:
     """The servers, the scheduler and the workers, each a process with its own log file."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, api, tracking):
         self.tmp, self.procs = tmp, {}
         self.env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                         DO_NOT_TRACK="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1",
                         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
         for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PAIRS_DATA_DIR"):
             self.env.pop(key, None)  # a worker gets everything as task parameters
-        self.prefect, self.mlflow, self.dask = free_port(), free_port(), free_port()
-        self.api, self.tracking = f"http://127.0.0.1:{self.prefect}/api", f"http://127.0.0.1:{self.mlflow}"
+        self.dask, self.api, self.tracking = free_port(), api, tracking
         self.scheduler = f"tcp://127.0.0.1:{self.dask}"
 
     def start(self, name, *cmd):
@@ -96,14 +87,12 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("machines"))
+def cluster(tmp_path_factory, prefect_server, mlflow_server):
+    """The scheduler and two workers of this module, on the session's Prefect and MLflow servers."""
+    c = Cluster(tmp_path_factory.mktemp("machines"), prefect_server, mlflow_server["url"])
+    c.artifacts = mlflow_server["artifacts"]
     try:
-        c.start("prefect", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(c.prefect))
-        c.start("mlflow", "mlflow", "server", "--host", "127.0.0.1", "--port", str(c.mlflow), "--backend-store-uri",
-                f"sqlite:///{c.tmp / 'mlflow.db'}", "--artifacts-destination", str(c.tmp / "artifacts"))
         c.start_dask()
-        c.wait(lambda: answers(f"{c.api}/health") and answers(f"{c.tracking}/health"), "the servers")
         yield c
     finally:
         c.stop()
@@ -175,7 +164,7 @@ def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_
     assert_same_as_in_process(records_of(client, run_id, tmp_path), quick_records[1])
     assert_fits_logged_once(client, "dask", out)
     assert "## Table 2" in Path(client.download_artifacts(run_id, "REPORT.md", str(tmp_path))).read_text()
-    assert list((cluster.tmp / "artifacts").rglob("REPORT.md"))  # through the server to its destination
+    assert list(cluster.artifacts.rglob("REPORT.md"))  # through the server to its destination
     assert all("Task run 'search " in cluster.log(w) for w in ("w0", "w1"))  # both workers trained
     assert not open_runs(cluster.api)
 

@@ -1,7 +1,6 @@
 """Units of work, fit records and their keys; the quick profile's records against the recorded ones."""
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch

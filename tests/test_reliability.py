@@ -2,7 +2,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,34 +19,6 @@ from pairs.protocol import PROFILES
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--profile", "quick"]
 N_FITS = sum(PROFILES["quick"].fits())
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on 127.0.0.1 that the pipeline processes of this module share."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")  # (else its UI asks port 4200)
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("prefect server did not start within 120 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
 
 
 def env_for(tmp_path, data_dir, api, name="store", results="results"):
