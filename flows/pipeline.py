@@ -184,7 +184,8 @@ def train_groups(groups, parents, w, progress):
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
     with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
         futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
-                                           "threads": 1, "fail_first": w.fail_first}) for g in groups] if w.runner else []
+                                           "threads": 1, "fail_first": w.fail_first})
+                   for g in groups] if w.runner else []
         w.submitted += [f.task_run_id for f in futures]
     records, first_log = [], len(w.logging)
     for i, (group, parent) in enumerate(zip(groups, parents)):
@@ -375,9 +376,9 @@ def _pipeline(**settings):
     root = str(data_root(run.data_dir))
     tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}", tags={
         "pairs.study": Path(study.path).stem or "profile grid", "pairs.profile": run.profile})
-    link_prefect(tracker)
     w = Work(tracker, (), root, device, chunk=run.chunk, results=run.results, fail_first=run.fail_first)
     try:
+        link_prefect(tracker)
         with running(task_runner(run), w.submitted) as w.runner:
             result = _run(protocol, study, run, w)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
@@ -405,6 +406,8 @@ def where_to_look(tracker, until):
     local = "" if tracker.uri.startswith(("http://", "https://")) else "`make ui`, then "
     report = (f"REPORT.md and its tables are artifacts of the run (`python -m flows report {tracker.run_id}` writes "
               f"them to reports/{tracker.run_id}/); " if until == "report" else "")
+    if until in ("prepare", "search"):  # no final configurations yet: the runs
+        return f"the runs: {local}{tracker.compare_url().split('?')[0]}?workflowType=machine_learning"
     return f"{report}the configurations side by side: {local}{tracker.compare_url()}"
 
 

@@ -293,7 +293,8 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0),
                    Metric("train_seconds", r.s_per_epoch * r.config.epochs, now, 0)]  # (Duration: logging time)
-        curves = [("train_loss", r.train_loss)] + [("train_main_loss", r.main_loss), ("train_aux_loss", r.aux_loss)] * al
+        curves = [("train_loss", r.train_loss)] + [("train_main_loss", r.main_loss),
+                                                   ("train_aux_loss", r.aux_loss)] * al
         for metric, values in curves:  # the parts of the loss where there are two: AL variants
             metrics += [Metric(metric, v, now, e + 1) for e, v in enumerate(values)]
         eval_name = "val_error" if r.stage == "search" else "test_error"

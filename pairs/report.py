@@ -318,8 +318,8 @@ def render(search, final, selection, protocol, meta, study=None):
                      f"learned yet: none is called diverged (that needs {DIVERGED_MIN_EPOCHS} epochs or more).")
     published = t1[[c for c in t1.columns if c.startswith("study_")]].notna().any().any()  # its grid's cells
     if enough and published:
-        findings = f"""Differences from the study beyond the spread (reported as measured; the models and protocol were not
-tuned towards the published numbers):
+        findings = f"""Differences from the study beyond the spread (reported as measured; the models and protocol were
+not tuned towards the published numbers):
 {differences(t2)}
 
 Known causes of differences: the study's final MLP used batch size 25 picked on the test set, here
@@ -341,9 +341,9 @@ fits that diverged there (raw 0..255 inputs make that likely), which the 'diverg
         statistics = f"""## Paired statistics and conclusions
 Left out: {_not_enough(protocol, meta)}.
 """
-    normalisation = f"""Validation errors here are fractions of each fold's pairs. The study's validation errors (about 2%) are ten
-times below its own final test errors (10-18%): consistent with dividing a fold's error count by 1000
-instead of the fold's {p.pairs // p.folds} pairs. Its training errors with stds above their means also
+    normalisation = f"""Validation errors here are fractions of each fold's pairs. The study's validation errors (about
+2%) are ten times below its own final test errors (10-18%): consistent with dividing a fold's error count by
+1000 instead of the fold's {p.pairs // p.folds} pairs. Its training errors with stds above their means also
 suggest a few diverged fits.
 """ if published else ""
     chosen = f"\n{study_choices()}; here the selection comes from cross-validation alone.\n" if published else ""
