@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ["docs/results/extended"]
+FOLDERS = ["docs/results", "docs/results/extended"]
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
