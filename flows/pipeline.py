@@ -383,15 +383,18 @@ def _pipeline(**settings):
             result = _run(protocol, study, run, w)
     except BaseException as e:  # Ctrl-C and SIGTERM (Prefect's TerminationSignal) end the runs as KILLED
         stopped = _signal(e)
-        wait(w.logging, timeout=30)  # the fits trained are logged (a few seconds at most) before the runs end
-        if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
-            print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished groups "
-                  "are cached and logged; run the same command again to resume", file=sys.stderr, flush=True)
-        try:
-            tracker.finish("KILLED" if stopped else "FAILED")
-        except Exception as err:  # e.g. a store still locked by the write the signal interrupted
-            print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
-                  "KILLED", file=sys.stderr, flush=True)
+        with signals_held():  # a second signal (`mlflow run` forwards its SIGTERM, then dies: the kernel sends
+            # another) must not cut the stop short: it takes effect once the runs are ended
+            wait(w.logging, timeout=30)  # the fits trained are logged (a few seconds at most) before the runs end
+            if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
+                print(f"stopped by {'SIGTERM' if isinstance(stopped, TerminationSignal) else 'Ctrl-C'}: finished "
+                      "groups are cached and logged; run the same command again to resume", file=sys.stderr,
+                      flush=True)
+            try:
+                tracker.finish("KILLED" if stopped else "FAILED")
+            except Exception as err:  # e.g. a store still locked by the write the signal interrupted
+                print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
+                      "KILLED", file=sys.stderr, flush=True)
         if stopped and stopped is not e:
             raise stopped from None
         raise

