@@ -242,7 +242,7 @@ def batch(data_dir, tmp_path_factory):
               f"checked at {round(facts['beside checked'] - t0)} s, ended {round(facts['beside ended'] - t0)} s; "
               f"signalled at {facts['signalled']} s; all gone after (s): "
               + ", ".join(f"{n} {facts[n]['gone_after']}" for n in stopped),
-              file=sys.__stderr__)  # (past pytest's capture: the margins are in every log)
+              file=sys.stderr)  # (shown with a failure; -s shows it always)
         yield facts
     finally:  # whatever a failing case left: only the groups and recorded processes of what this test started
         for run in runs.values():
