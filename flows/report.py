@@ -32,7 +32,11 @@ def from_folder(folder, out):
     if missing:
         raise FileNotFoundError(f"no fit records {', '.join(missing)} (or .gz): a folder to rebuild holds run.json "
                                 "and the pipeline's search_fits.json / final_fits.json")
-    return rebuild(run, files, out)
+    paths = rebuild(run, files, out)
+    for path in [p for p in paths if p.name in files and files[p.name].suffix == ".gz"]:
+        path.unlink()  # the records are the folder's input, kept gzipped: no second, uncompressed copy
+        paths.remove(path)
+    return paths
 
 
 def rebuild(run, files, out):
