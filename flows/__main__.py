@@ -9,8 +9,8 @@ import importlib
 import sys
 
 from . import ROOT
-from .lifetime import guard_process
-from .settings import SETTINGS, check_inputs, mlproject
+from .lifetime import start
+from .settings import SETTINGS, mlproject, preflight, validate
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,7 +48,7 @@ def run_values(argv):
     with one line."""
     values = vars(run_parser().parse_args(argv))
     try:
-        check_inputs(**values)
+        preflight(validate(**values)[0])
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -57,7 +57,7 @@ def run_values(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    guard_process()
+    start()
     if argv[:1] == ["mlproject"]:
         (ROOT / "MLproject").write_text(mlproject())
         print(f"wrote {ROOT / 'MLproject'}")

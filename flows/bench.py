@@ -25,31 +25,23 @@ from pairs import report as R
 from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, build, parse
 from pairs.protocol import PROFILES
-from pairs.report import study_table
+from pairs import published
 from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, resolve_device
 
-STUDY = study_table("table2").set_index("variant")
+STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
 
 
-def macs_per_pair(variant):
-    """Multiply-adds of one forward pass per pair, counted from the layer shapes (both branches)."""
-    model, total = build(variant), [0]
-
-    def hook(mod, inp, out):
-        per_out = mod.weight[0].numel() if isinstance(mod, torch.nn.Conv2d) else mod.in_features
-        total[0] += out[0].numel() * per_out
-
-    for mod in model.modules():
-        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
-            mod.register_forward_hook(hook)
-    with torch.no_grad():
-        model(torch.zeros(1, 2, 14, 14))
-    return total[0]
+def forward_flops_per_pair(variant):
+    """FLOPs of one forward pass per pair (both branches), counted by torch's FlopCounterMode from the model."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        build(variant)(torch.zeros(1, 2, 14, 14))
+    return counter.get_total_flops()
 
 
 def train_flops(variant, pairs_per_epoch):
-    return 2 * 3 * macs_per_pair(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards; 2 FLOPs a MAC
+    return 3 * forward_flops_per_pair(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards
 
 
 def matmul_gflops(device, n=2048, reps=10):
@@ -116,7 +108,7 @@ def tracking_cost(n_fits=100, epochs=50):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
     from flows.tracking import Tracker
     tracker = Tracker("bench", run_name="bench")
-    fits = P.search_groups(P.Protocol(search_rounds=n_fits // 10, epochs=(epochs // 2, epochs)))[0].fits
+    fits = P.search_groups(P.Protocol(search_rounds=n_fits // 10, epoch_grid=(epochs // 2, epochs)))[0].fits
     recs = [P.FitRecord(**vars(f), train_loss=(0.5,) * epochs, main_loss=(0.4,) * epochs, aux_loss=(0.1,) * epochs,
                         scores=((epochs // 2, 0.01, 0.2), (epochs, 0.0, 0.19)), param_count=144684, s_per_epoch=0.1)
             for f in fits]
@@ -170,9 +162,10 @@ def dask_comparison(epochs):
     through the pipeline's `train` task on `--workers 2` (a local prefect_dask cluster, one thread each)."""
     from prefect import flow
 
-    from flows.pipeline import running, train, task_runner
+    from flows.runner import started as running
+    from flows.tasks import train
     from flows.settings import Run
-    full = PROFILES["full"].with_(batch_sizes=(100,), epochs=(epochs,))
+    full = PROFILES["full"].with_(batch_sizes=(100,), epoch_grid=(epochs,))
     cells, chunks = P.search_groups(full), P.search_groups(full, chunk=1)
     for g in cells[:1]:  # load the data once, outside the timings
         P.fit_data(g.fits[0])
@@ -197,8 +190,8 @@ def dask_comparison(epochs):
     @flow
     def on_workers():
         t = time.perf_counter()
-        with running(task_runner(Run(workers=2))) as runner:  # workers start, import torch, load the data
-            [f.result() for f in submit(runner, P.search_groups(full.with_(epochs=(1,)), chunk=1)[:2])]
+        with running(Run(workers=2), []) as runner:  # workers start, import torch, load the data
+            [f.result() for f in submit(runner, P.search_groups(full.with_(epoch_grid=(1,)), chunk=1)[:2])]
             started = time.perf_counter() - t
             t = time.perf_counter()
             [f.result() for f in submit(runner, chunks)]
@@ -228,7 +221,7 @@ def scaling(measured, extended_records=None):
     study; the simulated wall time on 1-64 workers."""
     full = PROFILES["full"]
     per_fit_epoch = {v: sum(d) / len(d) / (full.folds * measured["epochs"]) for v, d in measured["durations"].items()}
-    search = [per_fit_epoch[a] * full.folds * max(full.epochs) for a in full.architectures
+    search = [per_fit_epoch[a] * full.folds * max(full.epoch_grid) for a in full.architectures
               for _ in full.batch_sizes for _ in range(full.search_rounds)]
     final = [per_fit_epoch[parse(v)[0]] * full.final_rounds * STUDY_BATCH[parse(v)[0]][1] for v in VARIANTS]
     studies = {"full study (one-round search chunks)": [search, final]}
@@ -293,7 +286,7 @@ def main(argv):
     started = time.perf_counter()
     ceiling = matmul_gflops(device)
     rows, n_train = measure(device, args.epochs, rounds, folds, final_rounds, batches)
-    stacked, alone = extrapolate(rows, full.epochs, rounds, folds, final_rounds, batches)
+    stacked, alone = extrapolate(rows, full.epoch_grid, rounds, folds, final_rounds, batches)
 
     lines = [f"# Benchmarks ({device.type})", "",
              f"- Machine: {describe_machine(device)}",
@@ -307,8 +300,8 @@ def main(argv):
         lines.append(f"| {what} | {v} | {b} | {k} | {s:.4f} | {g:.1f} | {100 * g / ceiling:.0f}% | "
                      f"{STUDY.s_per_epoch[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
     lines += ["", "## The full protocol (training time extrapolated from the measured groups)", "",
-              f"Search: 2 architectures x {len(batches)} batch sizes x {rounds * folds} fits x {max(full.epochs)} "
-              f"epochs, scored at {list(full.epochs)}; final: 8 variants x {final_rounds} rounds at the study's "
+              f"Search: 2 architectures x {len(batches)} batch sizes x {rounds * folds} fits x {max(full.epoch_grid)} "
+              f"epochs, scored at {list(full.epoch_grid)}; final: 8 variants x {final_rounds} rounds at the study's "
               f"final settings ({', '.join(f'{a} {b}/{e}' for a, (b, e) in STUDY_BATCH.items())}).", "",
               f"- one model at a time, a fresh fit per epoch count (the study's way): **{alone:.0f} s**",
               f"- stacked, every epoch count scored from one fit (the pipeline): **{stacked:.0f} s**",
@@ -336,9 +329,9 @@ def main(argv):
         lines += dask_lines(args.dask_epochs)
     if args.full:
         t = time.perf_counter()
-        search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)]
+        search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)[0]]
         chosen = P.select(P.search_table(search))
-        final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)]
+        final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)[0]]
         took = time.perf_counter() - t
         table = {r["variant"]: r for r in P.final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",

@@ -1,4 +1,9 @@
-"""Processes the pipeline starts end with it, however it ends (issue 12).
+"""How a pipeline process starts and ends: its environment, the processes it starts ending with it, the stop path.
+
+Nothing here runs at import: `start()` is called by `python -m flows` before Prefect is imported, `guard_child()`
+by the flow itself (in a flow run that `serve` spawned), `ended(tracker, logging)` wraps the flow's body.
+
+Processes the pipeline starts end with it, however it ends (issue 12).
 
 Without PREFECT_API_URL, Prefect starts a temporary server (`python -m uvicorn ... create_app`) and stops it
 from an atexit hook. SIGTERM (Prefect re-raises it once the flow has ended its runs) and SIGKILL end the
@@ -11,8 +16,8 @@ forked it ends):
   thread asked for it (that thread may end first).
 - Under `mlflow run` (MLFLOW_RUN_ID set and the parent is `mlflow run`: `bash -c` exec'd into the command)
   the pipeline takes SIGTERM when `mlflow` dies, so a signal to `mlflow run` alone stops it as a SIGTERM
-  does (runs ended KILLED, its server with it). A flow run that `python -m flows serve` spawned (it imports
-  flows, not flows.__main__: guard_child) likewise ends with `serve`. mlflow 3.17 and Prefect 3.9 fork
+  does (runs ended KILLED, its server with it). A flow run that `python -m flows serve` spawned (it runs the
+  flow, not flows.__main__: the flow calls guard_child) likewise ends with `serve`. mlflow 3.17 and Prefect 3.9 fork
   these from their main thread, which lives as long as their process.
 Only our own children are signalled, by the kernel: nothing is looked up by name or killed by scanning, so a
 `prefect server` the user started, other pipelines and other processes are never touched. Elsewhere: no-op.
@@ -27,11 +32,32 @@ import sys
 import threading
 from concurrent.futures import Future
 
+from . import ROOT
+
 _PR_SET_PDEATHSIG = 1
 _SERVER_MODULE = "prefect.server.api.server"  # starts the temporary server with subprocess.Popen
 _GUARD = "PAIRS_GUARD_PID"  # set to the pid of a guarded `python -m flows`, inherited by its children
 _jobs = queue.SimpleQueue()
 _prctl = None
+
+
+# Read by Prefect once, at its import: cached results stay in the project, not in ~/.prefect; nothing phones home
+# (offline machines); the temporary server gets two minutes to start on a loaded 2-core machine.
+ENVIRONMENT = {"PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(ROOT / ".cache" / "prefect"),
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def environment():
+    """The environment's defaults for Prefect and MLflow (a value already set wins); before Prefect is imported."""
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def start():
+    """Called once at the start of every `python -m flows` command, before Prefect starts anything."""
+    environment()
+    guard_process()
 
 
 def _die_with_parent(parent, sig=signal.SIGTERM):
@@ -81,6 +107,9 @@ class _PatchOnImport:
 
         def exec_module(module):
             run(module)
+            if getattr(module, "subprocess", None) is not subprocess:  # a Prefect that starts it otherwise
+                print(f"warning: {name} no longer uses subprocess: the temporary Prefect server is not ended with "
+                      "this process (flows.lifetime)", file=sys.stderr)
             module.subprocess = _Subprocess()
         spec.loader.exec_module = exec_module
         return spec
@@ -113,14 +142,14 @@ def _guard(die_with_parent):
 
 
 def guard_process():
-    """Called once at the start of every `python -m flows` command, before Prefect starts anything."""
+    """The guard of a `python -m flows` command (see start)."""
     _guard(lambda parent: "MLFLOW_RUN_ID" in os.environ and _is_mlflow_run(parent))
     os.environ[_GUARD] = str(os.getpid())
 
 
 def guard_child():
-    """Called when flows is imported: in a child of a guarded `python -m flows` (a flow run of `serve`), the
-    same guard, and the child dies with its parent. Anywhere else (pytest, a notebook) it does nothing."""
+    """Called by the flow: in a child of a guarded `python -m flows` (a flow run of `serve`), the same guard, and
+    the child dies with its parent. Anywhere else (the command itself, pytest, a notebook) it does nothing."""
     if os.environ.get(_GUARD) == str(os.getppid()):
         _guard(lambda parent: True)
 
@@ -141,3 +170,39 @@ def signals_held(signums=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, handler)
         if got:
             signal.raise_signal(got[0])
+
+
+def signal_behind(e):
+    """The Ctrl-C or SIGTERM behind `e`, if any. A signal that lands while Prefect creates a task run comes out as
+    Prefect's own error ("Task run is not set", raised by its crash handler) with the signal as its context."""
+    from prefect.exceptions import TerminationSignal
+    while e is not None and not isinstance(e, (KeyboardInterrupt, TerminationSignal)):
+        e = e.__context__
+    return e
+
+
+@contextlib.contextmanager
+def ended(tracker, logging):
+    """The pipeline's MLflow runs ended however the body ends: FINISHED; FAILED on an error; KILLED on Ctrl-C or
+    SIGTERM (Prefect's TerminationSignal), after the fits trained so far are logged (`logging`: their futures)."""
+    from prefect.futures import wait
+    try:
+        yield
+    except BaseException as e:
+        stopped = signal_behind(e)
+        with signals_held():  # a second signal (`mlflow run` forwards its SIGTERM, then dies: the kernel sends
+            # another) must not cut the stop short: it takes effect once the runs are ended
+            wait(logging, timeout=30)  # the fits trained are logged (a few seconds at most) before the runs end
+            if stopped:  # Prefect re-raises SIGTERM after this, so the message cannot wait for the CLI
+                print(f"stopped by {'Ctrl-C' if isinstance(stopped, KeyboardInterrupt) else 'SIGTERM'}: finished "
+                      "groups are cached and logged; run the same command again to resume", file=sys.stderr,
+                      flush=True)
+            try:
+                tracker.finish("KILLED" if stopped else "FAILED")
+            except Exception as err:  # e.g. a store still locked by the write the signal interrupted
+                print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
+                      "KILLED", file=sys.stderr, flush=True)
+        if stopped and stopped is not e:
+            raise stopped from None
+        raise
+    tracker.finish()

@@ -36,6 +36,15 @@ def wanted(register, why_smoke):
     return register == "yes" or (register == "auto" and not why_smoke)
 
 
+def register(choice, why_smoke, tracker, search, final_groups, selection, study, protocol, profile, context):
+    """The call's registry step: register (and maybe promote) its best model, or say why not."""
+    if wanted(choice, why_smoke):
+        return register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke,
+                                 context)
+    print(f"[registry] not registered: a smoke run ({why_smoke}); --register-model yes registers it (never as "
+          "champion)" if why_smoke else "[registry] not registered (--register-model no)", flush=True)
+
+
 def cv_protocol(protocol):
     """What makes two CV errors comparable: the same pairs, rounds, folds and seed (so the same folds)."""
     return f"pairs={protocol.pairs} search_rounds={protocol.search_rounds} folds={protocol.folds} seed={protocol.seed}"

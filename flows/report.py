@@ -1,10 +1,13 @@
-"""python -m flows report RUN_ID [RUN_ID ...] [--out DIR]: rebuild REPORT.md and its tables and figures from a
-finished pipeline run in the tracking store, without training; with several runs (say a faithful run and an
-extended study), put their final rounds beside each other (pairs.report.beside)."""
+"""A pipeline call's report: written as artifacts of its run at the end of the call (`writer`), and rebuilt later
+without training: `python -m flows report RUN_ID [RUN_ID ...] [--out DIR]` from the tracking store, `--from FOLDER`
+from a published folder; with several runs or folders, their final rounds beside each other (pairs.report.beside)."""
 import argparse
 import json
+import shlex
 import sys
 import tempfile
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from pairs import report as R
@@ -13,6 +16,38 @@ from pairs.studies import Study
 
 from .settings import tracking_uri
 from .tracking import download_artifacts
+
+
+def writer(tracker, device, started, why_smoke, protocol, study, selection, write):
+    """What writes the call's report into a folder: run.json (protocol, study, selection and `meta`: machine, wall
+    time, versions, command, launcher, smoke), then `write(folder, meta)` (a pairs.report function)."""
+    meta = run_meta(tracker, device, time.time() - started, why_smoke)
+    run = {"protocol": asdict(protocol), "study": asdict(study)} | ({"selection": selection} if selection else {})
+
+    def report(out):
+        (out / "run.json").write_text(json.dumps(run | {"meta": meta}))
+        return write(out, meta) + [out / "run.json"]
+    return report
+
+
+def run_meta(tracker, device, seconds, why_smoke):
+    """What the report says about the call: machine, wall time, versions, command, who started it, smoke."""
+    import mlflow
+    import prefect
+    from prefect.runtime import deployment
+
+    from pairs.train import describe_machine
+
+    if not tracker.owned:
+        launcher = f"started by `mlflow run` (run {tracker.run_id})"
+    elif deployment.name:
+        launcher = f"started by the Prefect deployment pairs/{deployment.name}"
+    else:
+        launcher = "started directly"
+    return {"machine": describe_machine(device), "device": device,
+            "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
+            "versions": f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
+            "command": "python -m flows " + shlex.join(sys.argv[1:]), "launcher": launcher, "smoke": why_smoke}
 
 
 def regenerate(run_id, out):
@@ -45,11 +80,15 @@ def rebuild(run, files, out):
     study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
         "study", {"path": "", "description": "", "protocol": {}}).items()})
     final = R.load_records(files["final_fits.json"])
-    protocol = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["protocol"].items()})
+    protocol = Protocol(**{RENAMED.get(k, k): tuple(v) if isinstance(v, list) else v
+                           for k, v in run["protocol"].items()})
     if study.arms:
         return R.arms_report(final, study, protocol, out, run["meta"])
     search = R.load_records(files["search_fits.json"])
     return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
+
+
+RENAMED = {"epochs": "epoch_grid", "repair": "re_pair"}  # the protocol's settings in a run.json of before a rename
 
 
 def beside_folders(folders, out):

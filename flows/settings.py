@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pairs.data import DataError, data_root, ensure_mnist
+from pairs.data import MNIST_FILES, DataError, check_mnist, data_root, ensure_mnist
 from pairs import studies
 from pairs.protocol import PROFILES, Protocol
 from pairs.train import DEVICES, option, resolve_device
@@ -118,17 +118,17 @@ SETTINGS = _settings(Run, False) + _settings(Protocol, True)
 MLPROJECT_SKIPS = ("experiment",)
 
 
-def signature():
-    """The flow's signature: every setting a keyword parameter, typed, so Prefect validates and shows it."""
-    return inspect.Signature([inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
-                                                annotation=s.annotation) for s in SETTINGS])
-
-
-def docstring(summary):
-    """The flow's docstring: `summary` and each setting's help as Args (Prefect shows them in the run form)."""
+def settings_as_parameters(fn):
+    """`fn(**settings)` with every setting a typed keyword parameter and its help in the docstring's Args, so that
+    Prefect validates each one and shows it in a deployment's run form."""
+    fn.__signature__ = inspect.Signature([inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY,
+                                                            default=s.default, annotation=s.annotation)
+                                          for s in SETTINGS])
+    fn.__annotations__ = {n: p.annotation for n, p in fn.__signature__.parameters.items()}
     args = "\n".join(f"    {s.name}: {s.help}" + (" (empty: the profile's value)" if s.from_profile else "")
                      for s in SETTINGS)
-    return f"{summary}\n\nArgs:\n{args}\n"
+    fn.__doc__ = f"{fn.__doc__}\n\nArgs:\n{args}\n"
+    return fn
 
 
 def mlproject():
@@ -173,8 +173,9 @@ def make_protocol(profile="full", **overrides):
     return PROFILES[profile].with_(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
-def check_inputs(**values):
-    """Raise ValueError with one clear line for any bad input; return (Run, Protocol, Study)."""
+def validate(**values):
+    """The settings objects (Run, Protocol, Study) from a call's values, or a ValueError of one clear line. Pure:
+    it reads the study file and nothing else, writes nothing, starts nothing."""
     run_names = {f.name for f in fields(Run)}
     unknown = set(values) - {s.name for s in SETTINGS}
     if unknown:
@@ -185,9 +186,9 @@ def check_inputs(**values):
             raise ValueError(f"unknown {s.name} {getattr(run, s.name)!r}; choose from {', '.join(s.choices)}")
     study = studies.load(run.study) if run.study else studies.Study("", "", {})
     flags = {k: v for k, v in values.items() if k not in run_names and v is not None}
-    searched = {"batch_size": "batch_sizes", "epochs": "epochs", "variant": "variants"}
+    searched = {"batch_size": "batch_sizes", "epochs": "epoch_grid", "variant": "variants"}
     both = [searched.get(k, k) for k, _ in study.space if searched.get(k, k) in flags] + [
-        k for k in ("batch_sizes", "epochs") if study.arms and k in flags]  # (each arm sets its own)
+        k for k in ("batch_sizes", "epoch_grid") if study.arms and k in flags]  # (each arm sets its own)
     if both:
         raise ValueError(f"--{both[0].replace('_', '-')}: the study {study.path} "
                          f"{'sets it in each arm' if study.arms else 'searches it ([search.space])'}; leave the flag "
@@ -203,29 +204,52 @@ def check_inputs(**values):
         raise ValueError(f"the study {study.path} has arms and no search: use --until prepare, final or report")
     if not run.experiment:
         raise ValueError("the experiment name must not be empty")
-    check_cluster(run)
-    try:
-        resolve_device(run.device)
-        ensure_mnist(data_root(run.data_dir))
-    except (RuntimeError, DataError) as e:
-        raise ValueError(str(e)) from None
-    check_tracking(tracking_uri())
-    return run, protocol, study
-
-
-def check_cluster(run):
-    """--cluster/--workers/--chunk/--results: consistent, the scheduler answering, a Prefect server set."""
     if run.cluster and run.workers:
         raise ValueError("--cluster and --workers exclude each other: a running cluster, or a local one of N workers")
     for name in ("workers", "chunk"):
         if getattr(run, name) is not None and getattr(run, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(run, name)}")
-    if run.results:
-        try:
-            Path(run.results).mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=run.results).close()
-        except OSError as e:
-            raise ValueError(f"the results folder {run.results} is not writable ({e.strerror})") from None
+    try:
+        resolve_device(run.device)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    return run, protocol, study
+
+
+def preflight(run):
+    """What a call needs from outside, looked at before any work, a ValueError of one line if missing: the MNIST
+    files intact (or none yet: the prepare task downloads them), the folders writable, the tracking server and
+    the Dask scheduler answering. It creates nothing."""
+    root = data_root(run.data_dir)
+    try:
+        if root.exists() and not root.is_dir() or any((root / "MNIST" / "raw" / n).exists() for n in MNIST_FILES):
+            check_mnist(root)  # present: complete and intact (a partial folder is named, not downloaded into)
+        elif not root.exists() and root != data_root(None):
+            ensure_mnist(root, download=False)  # raises: a folder that does not exist is a typo, not a download
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    for folder, what in ((run.results, "results folder"), (sqlite_path(tracking_uri()), "tracking store")):
+        if folder and not writable(Path(folder) if what == "results folder" else Path(folder).parent):
+            raise ValueError(f"the {what} {folder} is not writable" + (
+                "; set MLFLOW_TRACKING_URI to a writable location" if what == "tracking store" else ""))
+    check_tracking(tracking_uri())
+    check_cluster(run)
+
+
+def writable(folder):
+    """Whether `folder` (or, while it does not exist, its nearest existing parent) takes a new file: tried for real
+    (access() says yes to root everywhere), leaving nothing behind."""
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_cluster(run):
+    """--cluster: the scheduler answering, and a Prefect server set that every worker reports to."""
     if not run.cluster:
         return
     address = urllib.parse.urlsplit(run.cluster)
@@ -263,15 +287,9 @@ def sqlite_path(uri):
 
 
 def check_tracking(uri):
-    """A local store must be writable; a server must answer within seconds (not after minutes of retries)."""
+    """A server must answer within seconds (not after minutes of retries); the plain file store is refused."""
     if sqlite_path(uri):
-        folder = sqlite_path(uri).parent
-        try:  # access() says yes to root everywhere: try for real
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as e:
-            raise ValueError(f"the tracking store {uri} is not writable ({e.strerror}: {folder}); "
-                             "set MLFLOW_TRACKING_URI to a writable location") from None
+        return  # preflight tried its folder
     elif uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()

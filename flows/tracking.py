@@ -31,6 +31,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from pairs.models import VARIANTS, parse
+from pairs.protocol import protocol_params
 
 from .settings import sqlite_path, tracking_uri
 
@@ -306,6 +307,21 @@ class Tracker:
         self.client.log_inputs(run_id, [_dataset(r, context)])
         if model is not None:
             self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
+
+
+def pipeline_params(protocol, profile, study, context):
+    """The pipeline run's parameters: the protocol, the profile, the device, the code version, the study file and
+    its search space."""
+    return ({f"protocol.{k}": v for k, v in protocol_params(protocol).items()}
+            | {"pipeline.profile": profile, "pipeline.device": context[2], "pipeline.code_version": context[1],
+               "pipeline.study": study.path or "(the profile's grid)"}
+            | {f"search.space.{k}": ",".join(map(str, v)) for k, v in study.space})
+
+
+def selection_params(selection, final):
+    """The selection (and the study's fixed final options) as the pipeline run's parameters."""
+    return ({f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()}
+            | {f"final.{k}": v for k, v in final.items()})
 
 
 def compare_url(ui, experiment_id, search):

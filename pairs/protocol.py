@@ -24,6 +24,7 @@ from .stats import mean_std
 from .train import FitConfig, FitData, Training, fit_many, option
 
 DEFAULT = Training()
+RENAMED = {"repair": "re_pair"}  # options of records written before a rename: their values are the same
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Protocol(Training):
     folds: int = option(10, "folds per search round")
     final_rounds: int = option(20, "rounds of the final evaluation")
     batch_sizes: tuple[int, ...] = option((25, 50, 100), "search grid: batch sizes")
-    epochs: tuple[int, ...] = option((25, 50), "search grid: epoch counts (one fit scored at each)")
+    epoch_grid: tuple[int, ...] = option((25, 50), "search grid: epoch counts (one fit trained to the largest, scored at each)")
     architectures: tuple[str, ...] = option(ARCHITECTURES, "architectures searched", ARCHITECTURES)
     variants: tuple[str, ...] = option(VARIANTS, "variants of the final evaluation", VARIANTS)
 
@@ -45,10 +46,10 @@ class Protocol(Training):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("batch_sizes", "epochs", "architectures", "variants"):
+        for name in ("batch_sizes", "epoch_grid", "architectures", "variants"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
-        for name in ("batch_sizes", "epochs"):
+        for name in ("batch_sizes", "epoch_grid"):
             bad = [v for v in getattr(self, name) if not isinstance(v, int) or isinstance(v, bool) or v < 1]
             if bad:
                 raise ValueError(f"{name} must be positive integers, got {bad}")
@@ -84,7 +85,7 @@ class Protocol(Training):
 
 PROFILES = {
     "full": Protocol(),
-    "quick": Protocol(pairs=300, search_rounds=2, folds=3, final_rounds=2, batch_sizes=(25, 50), epochs=(2, 3)),
+    "quick": Protocol(pairs=300, search_rounds=2, folds=3, final_rounds=2, batch_sizes=(25, 50), epoch_grid=(2, 3)),
 }
 
 
@@ -145,7 +146,8 @@ class FitRecord(Fit):
             raise ValueError("fit records written before pairs had typed records (flat dicts): rebuild this report "
                              "by running the pipeline again (cached groups are reused when nothing changed)")
         tuples = {k: tuple(d[k]) for k in ("train_loss", "main_loss", "aux_loss", "score_at")}
-        return cls(**d | tuples | {"config": FitConfig(**d["config"]), "scores": tuple(map(tuple, d["scores"]))})
+        config = {RENAMED.get(k, k): v for k, v in d["config"].items()}
+        return cls(**d | tuples | {"config": FitConfig(**config), "scores": tuple(map(tuple, d["scores"]))})
 
 
 def options_text(config):
@@ -191,7 +193,7 @@ def search_groups(protocol, candidates=({},), chunk=None):
         if parse(variant)[0] != arch:
             continue
         batches = [options.pop("batch_size")] if "batch_size" in options else p.batch_sizes
-        epochs = [options.pop("epochs")] if "epochs" in options else sorted(set(p.epochs))
+        epochs = [options.pop("epochs")] if "epochs" in options else sorted(set(p.epoch_grid))
         training = p.training() | options
         runs = [tuple(epochs)] if training["schedule"] == "constant" else [(e,) for e in epochs]
         step = chunk or p.search_rounds
@@ -254,9 +256,9 @@ def fit_data(fit, root=None):
     return FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr], p.train_input[va], p.train_target[va])
 
 
-def train_group(group, root=None, device="cpu", on_epoch=None, models=None):
-    """Train a Group's fits stacked; one FitRecord per fit, in the group's order. With a list `models` and a
-    group that keeps them, each fit's trained PairsClassifier is appended to it, in the same order.
+def train_group(group, root=None, device="cpu", on_epoch=None):
+    """Train a Group's fits stacked: one FitRecord per fit, in the group's order, and the fits' trained
+    PairsClassifiers in the same order when the group keeps them (else none).
 
     `on_epoch(epoch, epochs, n)`, if given, is called when n fits have trained their epoch-th epoch."""
     fits = group.fits
@@ -267,16 +269,14 @@ def train_group(group, root=None, device="cpu", on_epoch=None, models=None):
         idx = [i for i, d in enumerate(datas) if len(d.train_target) == size]
         results = fit_many(fits[0].config, [datas[i] for i in idx], [fits[i].seed for i in idx],
                            fits[0].score_at, device, on_epoch=on_epoch and (lambda e, n, k=len(idx): on_epoch(e, n, k)),
-                           keep=group.keep and models is not None)
+                           keep=group.keep)
         for i, r in zip(idx, results):
             trained[i] = r.model
             records[i] = FitRecord(**{f.name: getattr(fits[i], f.name) for f in fields(Fit)},
                                    train_loss=tuple(r.train_loss), main_loss=tuple(r.main_loss),
                                    aux_loss=tuple(r.aux_loss), param_count=r.param_count, s_per_epoch=r.s_per_epoch,
                                    scores=tuple((e, r.train_error[e], r.eval_error[e]) for e in sorted(r.train_error)))
-    if group.keep and models is not None:
-        models += trained
-    return records
+    return records, trained if group.keep else []
 
 
 def searched_options(records):

@@ -48,6 +48,8 @@ def paired(a, b):
     if n < 2:
         return Paired(n, m, math.nan, math.nan, math.nan, math.nan)
     from scipy import stats as st  # here, not at import: the command line checks its input without it
+    # the t interval by hand: st.ttest_rel(b, a).confidence_interval() is the same interval, but it rounds in another
+    # order (the last bit of some bounds differs), which would change the published statistics.csv files
     half = st.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     t_p = float(st.ttest_rel(b, a).pvalue) if sd > 0 else (1.0 if m == 0 else 0.0)
     w_p = float(st.wilcoxon(d).pvalue) if any(d) else 1.0

@@ -3,7 +3,7 @@
     description = "what it asks"
     [protocol]            # any Protocol setting (counts, grid, training options, variants); the rest: the profile's
     final_rounds = 20
-    [search]              # optional: without it, the protocol's own grid (batch_sizes x epochs)
+    [search]              # optional: without it, the protocol's own grid (batch_sizes x epoch_grid)
     method = "grid"       # every combination of the space, beside batch_sizes, scored at every epoch count
     budget = 24           # the most candidates per architecture the grid may have
     [search.space]        # Training options searched, each a non-empty list of values; also `variant`

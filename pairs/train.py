@@ -22,6 +22,7 @@ import io
 import math
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,8 +54,8 @@ class Training:
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0: Adam, as the study")
     schedule: str = option("constant", "learning-rate schedule over all steps", SCHEDULES)
     shift: int = option(0, "augmentation: shift each training digit by up to this many pixels, every epoch")
-    repair: bool = option(False, "augmentation: draw the training digits into new pairs every epoch "
-                                 "(targets from their digit labels)")
+    re_pair: bool = option(False, "augmentation: draw the training digits into new pairs every epoch "
+                                  "(targets from their digit labels)")
     batch_norm: bool = option(False, "batch normalisation after each convolution and hidden linear layer")
     branch: str = option("study", "digit branch: the study's, or larger (four padded convolutions; a wider MLP)",
                          BRANCHES)
@@ -92,7 +93,7 @@ class Training:
 
     @property
     def augments(self):
-        return bool(self.shift or self.repair)
+        return bool(self.shift or self.re_pair)
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,15 @@ class FitResult:
         return sum(self.epoch_seconds) / len(self.epoch_seconds)
 
 
+# torch.nn.init draws from the process's global generator: one model is initialised at a time (a group trains in
+# a thread while another thread rebuilds a trained model to log it)
+_GLOBAL_RNG = threading.Lock()
+
+
 def init_model(variant, seed, **options):
     """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone;
     each dropout layer draws its masks from a generator of its own, also derived from `seed`."""
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         model = build(variant, **options)
     for i, m in enumerate(m for m in model.modules() if isinstance(m, Dropout)):
@@ -195,7 +201,7 @@ def shift_digits(x, shift, g):
 
 def augment(cfg, x, target, classes, g):
     """One epoch's training pairs: re-paired (targets from the digit classes) and shifted, as cfg asks."""
-    if cfg.repair:
+    if cfg.re_pair:
         order = torch.randperm(classes.numel(), generator=g)
         x = x.flatten(0, 1)[order].view_as(x)
         classes = classes.flatten()[order].view_as(classes)
@@ -331,7 +337,7 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     (an ensemble fit: its members, each with datas[k], stacked beside each other).
 
     Models are stacked in blocks of `block` (one forward/backward each) and share one Adam step.
-    `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting).
+    `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting; it may raise to stop).
     keep: each result's `model` is the trained fit as a PairsClassifier (on the CPU)."""
     if len(datas) != len(seeds) or not seeds:
         raise ValueError("fit_many needs one FitData per seed, and at least one")
@@ -347,24 +353,12 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     opt = optimizer(cfg, [p for net in nets for p in net.parameters()], fused=True)  # one kernel
 
     prepared = [_prepare(d, cfg.normalize) for d in datas]
-    x = torch.stack([p[0] for p in prepared]).to(device)
-    ex = torch.stack([p[1] for p in prepared]).to(device)
-    y, c, ey = (torch.stack([getattr(d, a) for d in datas]).to(device)
-                for a in ("train_target", "train_classes", "eval_target"))
+    x, ex, y, c, ey = _stack(datas, prepared, device)
     n = x.shape[1]
     gens = [torch.Generator().manual_seed(derive_seed(s, "shuffle")) for s in seeds]
     augs = [torch.Generator().manual_seed(derive_seed(s, "augment")) for s in seeds]
     steps = -(-n // cfg.batch_size)
     block_rows = [torch.arange(sl.start, sl.stop, device=device)[:, None] for sl in slices]  # gather indices
-
-    def errors(inputs, targets):
-        logits = []
-        for net, sl in zip(nets, slices):
-            chunk = max(1, (50000 if device.type == "cuda" else 20000) // net.k)  # bound the activations
-            logits.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0]
-                                     for i in range(0, inputs.shape[1], chunk)], 1))
-        logits = torch.cat(logits).unflatten(0, (fits, m))  # fits x members x n x 2
-        return torch.stack([predict(f) for f in logits]).ne(targets[::m]).float().mean(1)
 
     history = torch.zeros(score_at[-1], K, 3, device=device)
     scores, seconds = {}, []
@@ -390,7 +384,7 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
         seconds.append((time.perf_counter() - start) / fits)
         if epoch + 1 in score_at:
             with torch.no_grad():
-                scores[epoch + 1] = (errors(x, y), errors(ex, ey))
+                scores[epoch + 1] = (_errors(nets, slices, x, y, m), _errors(nets, slices, ex, ey, m))
         if on_epoch:
             on_epoch(epoch + 1, score_at[-1])
     history = history.unflatten(1, (fits, m)).mean(2).permute(1, 2, 0).tolist()  # fits x 3 x epochs
@@ -402,3 +396,23 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
         for k, r in enumerate(results):
             r.model = PairsClassifier(trained[k * m:(k + 1) * m], *prepared[k * m][3]).eval()
     return results
+
+
+def _stack(datas, prepared, device):
+    """The fits' inputs (prepared), targets and classes, stacked: fits x pairs x ..."""
+    x = torch.stack([p[0] for p in prepared]).to(device)
+    ex = torch.stack([p[1] for p in prepared]).to(device)
+    y, c, ey = (torch.stack([getattr(d, a) for d in datas]).to(device)
+                for a in ("train_target", "train_classes", "eval_target"))
+    return x, ex, y, c, ey
+
+
+def _errors(nets, slices, inputs, targets, m):
+    """Each fit's error on its inputs (its members' predictions combined), from the stacked nets in eval mode."""
+    logits = []
+    for net, sl in zip(nets, slices):
+        chunk = max(1, (50000 if inputs.device.type == "cuda" else 20000) // net.k)  # bound the activations
+        logits.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0]
+                                 for i in range(0, inputs.shape[1], chunk)], 1))
+    logits = torch.cat(logits).unflatten(0, (-1, m))  # fits x members x n x 2
+    return torch.stack([predict(f) for f in logits]).ne(targets[::m]).float().mean(1)

@@ -61,9 +61,9 @@ def quick_records(data_dir):
     """The quick profile trained here, in this session, through the library alone: (selection, records)."""
     from pairs import protocol as P
     q = P.PROFILES["quick"]
-    search = [r for g in P.search_groups(q) for r in P.train_group(g, data_dir)]
+    search = [r for g in P.search_groups(q) for r in P.train_group(g, data_dir)[0]]
     selection = P.select(P.search_table(search))
-    return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)]
+    return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)[0]]
 
 
 def _serve(cmd, health, log, env, what):
@@ -136,7 +136,8 @@ def pairs_1000(data_dir):
 @pytest.fixture(scope="session")
 def prefect_env():
     """The real Prefect engine (a temporary server), with task results in this session's fresh folder."""
-    import flows  # noqa: F401  (its environment defaults, before prefect is imported)
+    from flows.lifetime import environment
+    environment()  # its defaults, before prefect is imported (this session's results folder stays)
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
@@ -200,6 +201,7 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from flows import pipeline as flow_module
+    from flows import progress
     from pairs import protocol as P
     folder = tmp_path_factory.mktemp("quick")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -207,7 +209,7 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     client = MlflowClient(uri)
-    mp.setattr(flow_module, "PROGRESS_EVERY", 0)  # a progress line after every epoch
+    mp.setattr(progress, "PROGRESS_EVERY", 0)  # a progress line after every epoch
     try:
         first = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="quick")
         fits_after_first = len(fit_runs(client, "quick"))

@@ -26,10 +26,10 @@ from conftest import all_runs, excerpt
 ROOT = Path(__file__).resolve().parent.parent
 # The stopped pipelines: a group takes a second or two, so that the signal, sent as the first group is done, finds
 # the next one training (a SIGTERM that lands inside an MLflow write can leave the store locked for 20 s).
-SMALL = {"profile": "quick", "pairs": 1000, "search_rounds": 1, "folds": 2, "final_rounds": 1, "epochs": "4,8"}
+SMALL = {"profile": "quick", "pairs": 1000, "search_rounds": 1, "folds": 2, "final_rounds": 1, "epoch_grid": "4,8"}
 FLAGS = [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 # the pipeline beside them: long enough to be still training when the others have been stopped and checked
-LONG = ["--profile", "quick", "--pairs", "1000", "--epochs", "6,12"]
+LONG = ["--profile", "quick", "--pairs", "1000", "--epoch-grid", "6,12"]
 SERVER = "prefect.server.api.server:create_app"
 # Seconds from the signal until no process of the family is left, on 2 cores shared by six pipelines and their
 # servers: the stop path waits up to 30 s for the logging of trained fits, then ends the runs; a process left
@@ -203,7 +203,7 @@ def batch(data_dir, tmp_path_factory):
                                     send(signal.SIGKILL))
         api = api_of(serve)
         runs["beside"] = Run(flows(*LONG), environment(tmp, "beside", **env))
-        trigger_a_flow_run(api, "cleanup", dict(SMALL, epochs=[int(e) for e in SMALL["epochs"].split(",")]))
+        trigger_a_flow_run(api, "cleanup", dict(SMALL, epoch_grid=[int(e) for e in SMALL["epoch_grid"].split(",")]))
         api_of(runs["beside"])
         for name, sig in (("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
             runs[name] = Run(flows(*FLAGS), environment(tmp, name, **env), send(sig))

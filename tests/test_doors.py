@@ -27,7 +27,7 @@ search_rounds = 1
 folds = 2
 final_rounds = 2
 batch_sizes = [50]
-epochs = [2]
+epoch_grid = [2]
 architectures = ["MLP"]
 variants = ["MLP", "MLP_WS"]
 """

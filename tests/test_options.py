@@ -7,9 +7,9 @@ from pairs.models import PairNet, compare_digits, param_count
 from pairs.train import FitConfig, FitData, augment, fit, fit_many, shift_digits
 
 SINGLE = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
-          dict(shift=2), dict(repair=True), dict(head="digits"), dict(branch="large"), dict(dropout=0.3),
+          dict(shift=2), dict(re_pair=True), dict(head="digits"), dict(branch="large"), dict(dropout=0.3),
           dict(ensemble=3)]
-ALL = dict(normalize=True, batch_norm=True, shift=1, repair=True, head="digits", schedule="onecycle",
+ALL = dict(normalize=True, batch_norm=True, shift=1, re_pair=True, head="digits", schedule="onecycle",
            weight_decay=0.01, branch="large", dropout=0.2, ensemble=2)
 # each option on a shared-branch ConvNet with AL and a two-branch MLP; all of them together on four variants
 CASES = ([(v, o) for o in SINGLE for v in ("ConvNet_WS_AL", "MLP")]
@@ -56,7 +56,7 @@ def test_stacked_models_come_back_as_the_plain_ones(pairs_1000, variant, options
 
 def test_defaults_are_the_study():
     cfg = FitConfig("ConvNet")
-    assert (cfg.weight_decay, cfg.schedule, cfg.shift, cfg.repair, cfg.batch_norm, cfg.branch, cfg.head) == (
+    assert (cfg.weight_decay, cfg.schedule, cfg.shift, cfg.re_pair, cfg.batch_norm, cfg.branch, cfg.head) == (
         0.0, "constant", 0, False, False, "study", "learned")
 
 
@@ -89,9 +89,9 @@ def test_shifts_move_digits_within_bounds_and_zero_is_identity():
     assert torch.equal(shift_digits(x, 0, g), x)
 
 
-def test_repairing_keeps_the_digits_and_targets_follow_classes(pairs_1000):
+def test_re_pairing_keeps_the_digits_and_targets_follow_classes(pairs_1000):
     p = pairs_1000
-    cfg = FitConfig("MLP_AL", repair=True)
+    cfg = FitConfig("MLP_AL", re_pair=True)
     x, target, classes = augment(cfg, p.train_input[:100], p.train_target[:100], p.train_classes[:100],
                                  torch.Generator().manual_seed(1))
     assert torch.equal(target, (classes[:, 0] <= classes[:, 1]).long())

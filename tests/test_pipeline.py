@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from flows import pipeline as flow_module
+from flows import tasks
+from flows.lifetime import signal_behind
 from flows.pipeline import pipeline
 from pairs import protocol as P
 from pairs.protocol import PROFILES
@@ -43,9 +45,9 @@ def test_fit_runs_match_the_counts(quick_run):
     assert len({r.inputs.dataset_inputs[0].dataset.digest for r in fits}) == QUICK.search_rounds * QUICK.folds + \
         QUICK.final_rounds  # one draw per round (and fold), shared by every cell and variant
     history = client.get_metric_history(one.info.run_id, "train_loss")
-    assert [m.step for m in history] == list(range(1, max(QUICK.epochs) + 1))
+    assert [m.step for m in history] == list(range(1, max(QUICK.epoch_grid) + 1))
     scored = client.get_metric_history(one.info.run_id, "val_error")
-    assert sorted(m.step for m in scored) == sorted(QUICK.epochs)
+    assert sorted(m.step for m in scored) == sorted(QUICK.epoch_grid)
 
 
 def test_run_tree(quick_run):
@@ -80,18 +82,18 @@ def test_run_tree(quick_run):
     params = all_runs[root].data.params
     for arch in QUICK.architectures:
         assert int(params[f"selected.{arch}.batch_size"]) in QUICK.batch_sizes
-        assert int(params[f"selected.{arch}.epochs"]) in QUICK.epochs
+        assert int(params[f"selected.{arch}.epochs"]) in QUICK.epoch_grid
 
 
 def test_artifacts_open(quick_run, tmp_path):
     client = quick_run["client"]
     root = quick_run["first"]["run_id"]
     t1 = pd.read_csv(io.BytesIO(artifact(client, root, "table1.csv", tmp_path)))
-    assert len(t1) == len(QUICK.architectures) * len(QUICK.batch_sizes) * len(QUICK.epochs)
-    assert {"architecture", "batch_size", "epochs", "val_error_mean", "val_error_std", "study_val_error_mean"} <= set(t1)
+    assert len(t1) == len(QUICK.architectures) * len(QUICK.batch_sizes) * len(QUICK.epoch_grid)
+    assert {"architecture", "batch_size", "epochs", "val_error_mean", "val_error_std", "published_val_error_mean"} <= set(t1)
     t2 = pd.read_csv(io.BytesIO(artifact(client, root, "table2.csv", tmp_path)))
     assert list(t2.variant) == list(QUICK.variants)
-    assert {"train_error_mean", "test_error_mean", "param_count", "s_per_epoch", "study_test_error_mean"} <= set(t2)
+    assert {"train_error_mean", "test_error_mean", "param_count", "s_per_epoch", "published_test_error_mean"} <= set(t2)
     for png in ("loss_ConvNet.png", "loss_MLP.png", "table1_heatmap.png", "test_error_by_round.png"):
         assert artifact(client, root, png, tmp_path).startswith(b"\x89PNG\r\n\x1a\n")
     for svg in ("loss_ConvNet.svg", "loss_MLP.svg"):
@@ -150,15 +152,15 @@ def test_code_version_sees_any_edit_of_the_training_code_and_only_that(tmp_path)
     import pairs
     pkg = tmp_path / "pairs"
     shutil.copytree(Path(pairs.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    v0 = flow_module.code_version(pkg)
-    assert v0 == flow_module.code_version(Path(pairs.__file__).parent)
+    v0 = tasks.code_version(pkg)
+    assert v0 == tasks.code_version(Path(pairs.__file__).parent)
     for name in ("report.py", "stats.py", "studies.py"):  # what a fit does not depend on
         (pkg / name).write_text((pkg / name).read_text() + "\n# edit\n")
-    assert flow_module.code_version(pkg) == v0
-    for name in flow_module.TRAINING_CODE:
+    assert tasks.code_version(pkg) == v0
+    for name in tasks.TRAINING_CODE:
         (pkg / name).write_text((pkg / name).read_text() + "\n# edit\n")
-        assert flow_module.code_version(pkg) != v0
-        v0 = flow_module.code_version(pkg)
+        assert tasks.code_version(pkg) != v0
+        v0 = tasks.code_version(pkg)
 
 
 def test_a_new_store_gets_every_cached_fit(quick_run, prefect_env, data_dir, store):
@@ -252,9 +254,9 @@ def test_a_signal_that_prefect_turned_into_its_own_error_is_still_a_signal():
         except TerminationSignal:
             raise ValueError("Task run is not set")
     except ValueError as e:
-        assert isinstance(flow_module._signal(e), TerminationSignal)
-    assert flow_module._signal(ValueError("a plain error")) is None
-    assert isinstance(flow_module._signal(KeyboardInterrupt()), KeyboardInterrupt)
+        assert isinstance(signal_behind(e), TerminationSignal)
+    assert signal_behind(ValueError("a plain error")) is None
+    assert isinstance(signal_behind(KeyboardInterrupt()), KeyboardInterrupt)
 
 
 def test_signals_held_take_effect_as_the_block_ends():
@@ -312,6 +314,6 @@ def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no new run"):
         tracker.child("a fit logged after the signal")
     # the logging task the stop could not wait for says so and ends (no retries, no error at exit)
-    assert flow_module.log_fits.fn(tracker, [a_record()], stage, (), 1) is None
+    assert tasks.log_fits.fn(tracker, [a_record()], stage, (), 1) is None
     runs = runs_now()
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and stage in {r.info.run_id for r in runs}

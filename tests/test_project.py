@@ -1,5 +1,6 @@
 """The project's files agree: settings, CLI, MLproject and the flow signature; conda.yaml and pyproject.toml."""
 import inspect
+import os
 import subprocess
 import sys
 import tomllib
@@ -103,3 +104,30 @@ def test_the_prefect_module_the_lifetime_guard_patches_still_starts_the_server_w
     module = importlib.import_module(_SERVER_MODULE)
     assert module.subprocess is subprocess or isinstance(module.subprocess, _Subprocess)
     assert "subprocess.Popen(" in inspect.getsource(module), f"{_SERVER_MODULE} no longer starts the server with Popen"
+
+
+def test_importing_any_module_changes_nothing_in_the_process():
+    """Nothing happens at import: every module of flows/ and pairs/ imported in a fresh interpreter (after the
+    libraries they use) leaves the environment, the import hooks (none of ours), the signal handlers and
+    matplotlib's backend as they were; the entry points (`flows.lifetime.start`, the flow's `guard_child`) are
+    what change them."""
+    modules = sorted(f"{p.parent.name}.{p.stem}" for d in ("flows", "pairs") for p in (ROOT / d).glob("*.py")
+                     if p.stem not in ("__init__", "__main__"))
+    check = f"""
+import os, signal, sys, threading
+import matplotlib, mlflow, pandas, prefect, torch  # (their own import-time effects are theirs: taken first)
+env, handlers = dict(os.environ), [signal.getsignal(s) for s in (2, 15)]
+backend = matplotlib.rcParams._get("backend")
+for name in {modules!r}:
+    __import__(name)
+changed = set(k for k, v in set(os.environ.items()) ^ set(env.items()) if not k.startswith("_MLFLOW"))  # (mlflow's)
+assert not changed, changed
+assert not [h for h in sys.meta_path if type(h).__module__.startswith(("flows", "pairs"))], sys.meta_path
+assert [signal.getsignal(s) for s in (2, 15)] == handlers
+assert matplotlib.rcParams._get("backend") == backend and "matplotlib.pyplot" not in sys.modules
+assert not [t.name for t in threading.enumerate() if t.name == "pairs-spawner"]
+print(len({modules!r}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PAIRS_GUARD"))}
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0 and int(out.stdout) == len(modules) > 20, out.stderr[-2000:]

@@ -145,8 +145,8 @@ def test_fit_config_takes_the_training_options_of_a_protocol():
 def test_with_a_schedule_each_epoch_count_is_a_fit_of_its_own():
     q = P.PROFILES["quick"].with_(schedule="onecycle")
     groups = P.search_groups(q)
-    assert len(groups) == len(q.architectures) * len(q.batch_sizes) * len(q.epochs)
-    assert {g.fits[0].score_at for g in groups} == {(e,) for e in q.epochs}
+    assert len(groups) == len(q.architectures) * len(q.batch_sizes) * len(q.epoch_grid)
+    assert {g.fits[0].score_at for g in groups} == {(e,) for e in q.epoch_grid}
     assert all(f.config.epochs == f.score_at[0] for g in groups for f in g.fits)
     assert sum(len(g.fits) for g in groups) == q.fits()[0]
     assert groups[0].label == "search ConvNet batch 25 epochs 2 schedule=onecycle"

@@ -134,7 +134,7 @@ BAD = [
     (["--pairs", "0"], "pairs must be a positive integer"),
     (["--folds", "1"], "folds must be at least 2, got 1"),
     (["--batch-sizes", "25,500"], "batch size 500 is larger than a fold's training set (200 pairs"),
-    (["--epochs", ","], "expected comma-separated integers, got ','"),
+    (["--epoch-grid", ","], "expected comma-separated integers, got ','"),
     (["--batch-sizes", "0"], "batch_sizes must be positive integers, got [0]"),
     (["--seed", "abc"], "expected integer, got 'abc'"),
     (["--folds", "2.5"], "expected integer, got '2.5'"),
@@ -149,7 +149,7 @@ BAD = [
     (("t10k-labels-idx1-ubyte", "count"), "corrupt MNIST file"),
     ("unwritable", "is not writable"),
     ("server", "cannot be reached"),
-    (["--study", "extended", "--epochs", "2"], "extended.toml searches it ([search.space]); leave the flag out"),
+    (["--study", "extended", "--epoch-grid", "2"], "extended.toml searches it ([search.space]); leave the flag out"),
     (["--study", "al_gap", "--batch-sizes", "50"], "al_gap.toml sets it in each arm"),
     (["--trials", "2"], "--trials: only a study with an Optuna search has trials"),
     (["--study", "extended", "--trials", "0"], "trials must be a positive integer, got 0"),
@@ -234,7 +234,7 @@ def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
 
     from flows.pipeline import pipeline
     for kwargs, message in (({"batch_sizes": []}, "batch_sizes must not be empty"),
-                            ({"epochs": [25, 0]}, "epochs must be positive integers"),
+                            ({"epoch_grid": [25, 0]}, "epoch_grid must be positive integers"),
                             ({"folds": 1}, "folds must be at least 2"),
                             ({"profile": "huge"}, "profile: Input should be 'full' or 'quick'"),  # Prefect's check
                             ({"device": "tpu"}, "device: Input should be 'cpu', 'cuda' or 'auto'")):
@@ -250,8 +250,8 @@ def test_a_group_whose_first_attempt_fails_is_retried_and_prefect_shows_both_att
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows import pipeline as flow_module
-    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
+    from flows import pipeline as flow_module, tasks
+    monkeypatch.setattr(tasks, "train", tasks.train.with_options(retry_delay_seconds=0))
     result = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1,
                                   final_rounds=1, seed=11, fail_first="search MLP")
     assert store.get_run(result["run_id"]).info.status == "FINISHED"
@@ -268,8 +268,8 @@ def test_a_group_whose_first_attempt_fails_is_retried_and_prefect_shows_both_att
 
 def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_dir, store, monkeypatch):
     from conftest import failing
-    from flows import pipeline as flow_module
-    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
+    from flows import pipeline as flow_module, tasks
+    monkeypatch.setattr(tasks, "train", tasks.train.with_options(retry_delay_seconds=0))
     failing(monkeypatch, lambda f: (f.stage, f.variant, f.round) == ("final", "MLP_WS", 1))
     with pytest.raises(RuntimeError, match=r"final fits of MLP_WS at batch size \d+ \(rounds 0-1\) failed: "
                                            r"injected failure, attempt 3 of 99"):

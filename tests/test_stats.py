@@ -22,6 +22,7 @@ def test_paired_on_known_numbers():
     sd = math.sqrt(sum((x - p.mean_diff) ** 2 for x in d) / 5)
     assert p.ci_high - p.mean_diff == pytest.approx(2.5705818366 * sd / math.sqrt(6), rel=1e-8)
     assert p.t_pvalue == pytest.approx(st.ttest_rel(b, a).pvalue)
+    assert (p.ci_low, p.ci_high) == pytest.approx(tuple(st.ttest_rel(b, a).confidence_interval()), rel=1e-12)
     assert p.wilcoxon_pvalue == pytest.approx(st.wilcoxon(d).pvalue)
     assert p.t_pvalue < 0.01 and p.ci_high < 0
 

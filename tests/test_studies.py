@@ -104,12 +104,12 @@ def test_an_unknown_study_name_lists_the_shipped_ones():
 def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     """Honest selection: the search reads training pairs only, so scrambling every test target changes nothing."""
     import torch
-    q = PROFILES["quick"].with_(search_rounds=1, folds=2, epochs=(1, 2))
+    q = PROFILES["quick"].with_(search_rounds=1, folds=2, epoch_grid=(1, 2))
     candidates = [{"normalize": False}, {"normalize": True}]
 
     def search():
         P._pair_sets.cache_clear()
-        records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)]
+        records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)[0]]
         return P.select(P.search_table(records)), [r.to_json() for r in records]
 
     honest = search()
@@ -129,11 +129,11 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     assert scrambled_search == honest
     P._pair_sets.cache_clear()
     # the test is able to fail: the final evaluation does read the scrambled targets
-    final = P.train_group(P.final_groups(q, honest[0])[0], data_dir)
+    final = P.train_group(P.final_groups(q, honest[0])[0], data_dir)[0]
     monkeypatch.setattr(P, "pair_sets", real)
     P._pair_sets.cache_clear()
     assert [r.eval_error for r in final] != [r.eval_error for r in
-                                             P.train_group(P.final_groups(q, honest[0])[0], data_dir)]
+                                             P.train_group(P.final_groups(q, honest[0])[0], data_dir)[0]]
 
 
 TINY = dict(pairs=100, folds=2, final_rounds=2)
@@ -147,7 +147,7 @@ def test_a_quick_run_of_each_shipped_study(prefect_env, data_dir, store, tmp_pat
     from flows.pipeline import pipeline
     study = studies.load(name)
     # arms set their batch sizes and epochs: enough pairs that the profile's grid (unused) fits a fold
-    extra = dict(pairs=200) if study.arms else dict(search_rounds=1, batch_sizes=[25], epochs=[1, 2],
+    extra = dict(pairs=200) if study.arms else dict(search_rounds=1, batch_sizes=[25], epoch_grid=[1, 2],
                                                     variants=["ConvNet", "MLP_WS_AL"])
     result = pipeline(study=name, data_dir=data_dir, experiment=name, **TINY | extra)
     run = store.get_run(result["run_id"])
@@ -182,9 +182,10 @@ def test_the_extended_study_resumes_its_optuna_search_and_registers_on_request(p
     assert "batch_size" not in tiny  # (flags may not set what a study searches)
     (tmp_path / "extended.toml").write_text(tiny)
     flags = dict(study=str(tmp_path / "extended.toml"), data_dir=data_dir, experiment="extended", pairs=300, folds=2,
-                 final_rounds=2, batch_sizes=[25], epochs=[1, 2], register_model="yes")
-    from flows import pipeline as flow_module
-    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retry_delay_seconds=0))
+                 final_rounds=2, batch_sizes=[25], epoch_grid=[1, 2], register_model="yes")
+    from flows import tasks
+    from flows.progress import Progress
+    monkeypatch.setattr(tasks, "train", tasks.train.with_options(retry_delay_seconds=0))
     for stage in ("search", "final"):  # a lasting failure of round 0 (fold 0): every retry fails
         with monkeypatch.context() as m:
             failing(m, lambda f: (f.stage, f.round, f.fold or 0) == (stage, 0, 0))
@@ -199,8 +200,8 @@ def test_the_extended_study_resumes_its_optuna_search_and_registers_on_request(p
                     optuna.load_study(study_name=s.study_name, storage=storage).trials]
             assert left and all(t.state == optuna.trial.TrialState.RUNNING for t in left)
     said = []  # what each progress line says: (fits done, fits planned)
-    monkeypatch.setattr(flow_module.Progress, "_say", lambda self, what, real=flow_module.Progress._say: said.append(
-        (self.fits_done, self.fits, self.work - self.done)) or real(self, what))
+    monkeypatch.setattr(Progress, "_say", lambda self, group, what, real=Progress._say: said.append(
+        (self.fits_done, self.fits, self.work - self.done)) or real(self, group, what))
     result = pipeline(**flags)
     counts = [(done, total) for done, total, _ in said]
     # the total is that of the groups planned (each trial's, once asked; the selections' final rounds): it ends met

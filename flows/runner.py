@@ -1,0 +1,116 @@
+"""Where groups train: the task runner of a pipeline call, entered for the call and left however it ends.
+
+- default: Prefect's ThreadPoolTaskRunner with one thread (torch's threads use the cores); a stop ends the group
+  it trains at its next epoch (`check_stopping`, called from the progress hook);
+- --workers N: a local Dask cluster of N one-thread worker processes (prefect_dask.DaskTaskRunner);
+- --cluster tcp://HOST:PORT: a running Dask cluster.
+Every group goes through the runner's `submit`; `outcome` waits for one and says whether it came from the cache.
+"""
+import contextlib
+import os
+import sys
+import threading
+
+STOPPING = threading.Event()  # set as a call's runner is left: a group training in this process stops
+
+
+class Stopped(RuntimeError):
+    """A group stopped at an epoch's end because its pipeline is stopping."""
+
+
+def check_stopping():
+    if STOPPING.is_set():
+        raise Stopped("the pipeline is stopping")
+
+
+def retry_unless_stopping(task, task_run, state):
+    """A failed group is retried (Prefect's retries), unless its pipeline is stopping."""
+    return not STOPPING.is_set()
+
+
+def task_runner(run):
+    """The runner of --cluster, --workers or, by default, one thread of this process."""
+    if not (run.cluster or run.workers):
+        from prefect.task_runners import ThreadPoolTaskRunner
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+    if run.cluster:
+        return DaskTaskRunner(address=run.cluster)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": run.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def remote(runner):
+    """Whether groups train in other processes (Dask): they get their threads and data root as parameters."""
+    return type(runner).__name__ == "DaskTaskRunner"
+
+
+@contextlib.contextmanager
+def started(run, submitted):
+    """The call's runner, entered (a local cluster started). On the way out a group training in this process stops
+    at its next epoch; on an error, the `submitted` Dask task runs left open are marked Crashed once the runner
+    has stopped (a task Dask gave up on never reports its end)."""
+    runner = task_runner(run)
+    STOPPING.clear()
+    try:
+        with contextlib.ExitStack() as stack:
+            if run.workers:
+                stack.enter_context(_api_for_workers())
+            stack.enter_context(runner)
+            stack.callback(STOPPING.set)  # (left first)
+            yield runner
+    except BaseException as e:
+        if remote(runner):
+            _crash_open_task_runs(list(submitted), e)
+        raise
+
+
+@contextlib.contextmanager
+def _api_for_workers():
+    """Local workers inherit this flow's Prefect API (the temporary server, when no PREFECT_API_URL is set):
+    otherwise each would start a server of its own. Until the cluster stops: workers may (re)start any time."""
+    from prefect import get_client
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+def outcome(future):
+    """A group's result and whether it came from the cache. When Dask itself fails (the scheduler gone, a task given
+    up after its workers died), the error says how to resume."""
+    try:
+        future.wait()  # when Dask fails, the state stays unfinished and asking for the result raises its error
+        state = future.state if future.state.is_final() else future.result(raise_on_failure=False)
+    except Exception as e:
+        raise RuntimeError(f"the Dask cluster failed ({type(e).__name__}: {' '.join(str(e).split())}); finished "
+                           "groups are cached: run the same command again once the scheduler and workers are back"
+                           ) from None
+    return state.result(), state.name == "Cached"
+
+
+def _crash_open_task_runs(ids, error):
+    """Those of these task runs still open once a failed flow's Dask runner has stopped are marked Crashed: a
+    task Dask gave up on (its workers died) never reports its end, nor do those a local cluster's workers were
+    running when it stopped with the flow."""
+    if not ids:
+        return
+    from prefect import get_client
+    from prefect.client.schemas import filters as F
+    from prefect.states import Crashed
+    try:
+        with get_client(sync_client=True) as client:
+            for run in client.read_task_runs(task_run_filter=F.TaskRunFilter(
+                    id=F.TaskRunFilterId(any_=ids),
+                    state=F.TaskRunFilterState(type=F.TaskRunFilterStateType(any_=["RUNNING", "PENDING"])))):
+                client.set_task_run_state(run.id, Crashed(message=f"the flow stopped: {type(error).__name__}: "
+                                                                  f"{error}"), force=True)
+    except Exception as e:  # the server itself may be what failed
+        print(f"could not mark this flow's open task runs Crashed ({type(e).__name__}: {e})", file=sys.stderr)

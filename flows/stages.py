@@ -1,0 +1,86 @@
+"""A stage of the pipeline: its groups submitted to the call's runner as cached tasks, their fits logged under the
+stage's MLflow run (the final stage: under a row run per configuration), its tables and figures written."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pairs import protocol as P
+from pairs import tables as T
+from pairs.protocol import FitRecord
+from pairs.train import unpack_model
+
+from . import tasks
+from .lifetime import signals_held
+from .runner import check_stopping, outcome, remote
+from .tracking import Tracker
+
+
+@dataclass
+class Work:
+    """Where and how groups train: the run tree, the fits' context (data fingerprint, code, device), the data
+    root, the device and the call's task runner (flows.runner)."""
+    tracker: Tracker
+    root: str
+    device: str
+    context: tuple = ()
+    runner: object = None
+    chunk: int | None = None
+    results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
+    fail_first: str | None = None  # groups whose first attempt fails (to watch a retry)
+    submitted: list = field(default_factory=list)  # the task run ids of the groups submitted
+    logging: list = field(default_factory=list)  # the futures of the log_fits tasks
+
+    @property
+    def train(self):
+        return tasks.train.with_options(result_storage=Path(self.results).resolve()) if self.results else tasks.train
+
+
+def train_groups(groups, parents, w, progress):
+    """Train groups (cached tasks) and log their fits, with the models a group keeps, under `parents` (a run id,
+    or one per group). Every group is submitted at once; the results are taken in order as they come."""
+    parents = [parents] * len(groups) if isinstance(parents, str) else parents
+    far = remote(w.runner)
+
+    def hook(group):  # epochs trained in this process: progress lines, and where a stop takes effect
+        return None if far else lambda epoch, epochs, n: (check_stopping(), progress.epoch(group, epoch, epochs, n))
+    with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
+        futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
+                                             "on_epoch": hook(g), "threads": 1 if far else None,
+                                             "fail_first": w.fail_first}) for g in groups]
+        w.submitted += [f.task_run_id for f in futures]
+    records, first_log = [], len(w.logging)
+    for group, parent, future in zip(groups, parents, futures):
+        out, cached = outcome(future)
+        progress.end(group, cached)
+        got = [FitRecord.from_json(d) for d in out["records"]]
+        models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
+        example = P.fit_data(got[0], w.root).eval_input[:3].float().numpy() if models else None
+        with signals_held():  # what is submitted is recorded (a stop waits for these fits to be logged)
+            w.logging.append(tasks.log_fits.submit(w.tracker, got, parent, w.context, fits_label(group), models,
+                                                   example))
+        records += got
+    [f.result() for f in w.logging[first_log:]]
+    return records
+
+
+def fits_label(group):
+    """What a group's fit runs are named after: its label without a search chunk's rounds (each fit's round and
+    fold follow it)."""
+    f = group.fits[0]
+    return group.label.replace(f" {group.name}", "") if f.stage == "search" and group.name else group.label
+
+
+def stage(name, groups, w, progress, artifacts):
+    """One stage: train its groups, log their fits under a stage run, write its artifacts (`artifacts(records,
+    folder)`). In the final stage each group (a configuration) has a row run that holds its fits and Table 2's
+    numbers (the MLflow UI's comparison view)."""
+    run_id = w.tracker.child(name, {"pairs.stage": name})
+    rows = [w.tracker.row(g.label.removeprefix("final "), run_id, g.fits[0].config) for g in groups
+            ] if name == "final" else run_id
+    records = train_groups(groups, rows, w, progress)
+    if name == "final":
+        for g, row in zip(groups, rows):
+            keys = {f.key() for f in g.fits}
+            w.tracker.end_row(row, T.table2_row([r for r in records if r.key() in keys]))
+    tasks.write_artifacts(w.tracker, run_id, name, lambda out: artifacts(records, out))
+    w.tracker.end(run_id)
+    return records

@@ -1,0 +1,106 @@
+"""The published study's numbers, and every sentence a report says about them.
+
+The paper's Table 1 (its search grid), Table 2 (its final evaluation) and what its search chose are data in
+pairs/published_numbers/ (table1.csv, table2.csv, selection.csv), read when first asked for; reports merge them
+in as `published_*` columns. In a report's prose "the study" is this paper. Each sentence below is built from
+those numbers and said only of what it concerns (an architecture or variant this run has), so a report of
+another grid or other variants leaves out what does not apply to it.
+"""
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from .models import parse
+
+NUMBERS = Path(__file__).parent / "published_numbers"
+PAIRS = 1000  # the study's pairs per split: what its validation errors look divided by
+
+
+@cache
+def _read(name):
+    return pd.read_csv(NUMBERS / f"{name}.csv")
+
+
+def table(name):
+    """The paper's table1, table2 or selection (a copy: the caller may change it)."""
+    return _read(name).copy()
+
+
+def columns(name, keys, drop=()):
+    """The paper's table `name` for a merge on `keys`: its other columns renamed published_*."""
+    return table(name).drop(columns=list(drop)).rename(columns=lambda c: c if c in keys else f"published_{c}")
+
+
+def test_error():
+    """The paper's mean test error per variant."""
+    return table("table2").set_index("variant").test_error_mean
+
+
+def _retrained():
+    """(architecture, searched (batch, epochs), final (batch, epochs)) of each architecture in the paper."""
+    final = table("table2").drop_duplicates(["batch_size", "epochs"]).assign(
+        architecture=lambda d: d.variant.map(lambda v: parse(v)[0])).drop_duplicates("architecture")
+    chosen = table("selection").merge(final, on="architecture", suffixes=("", "_final"))
+    return [(r.architecture, (r.batch_size, r.epochs), (r.batch_size_final, r.epochs_final))
+            for r in chosen.itertuples()]
+
+
+def choices():
+    """What the study chose from its search, and what it then trained its final models with."""
+    said = [f"{a} {b}/{e}" for a, (b, e), _ in _retrained()]
+    changed = [f"{a} batch {b}/{e} epochs" for a, searched, (b, e) in _retrained() if searched != (b, e)]
+    return (f"The study chose {' and '.join(said)} (batch/epochs) from its search" +
+            (f", then trained its final {', '.join(changed)} after trying it on the test set" if changed else ""))
+
+
+def normalisation(fold_pairs):
+    """Why the study's Table 1 validation errors sit far below its test errors (said beside Table 1)."""
+    val, test = table("table1").val_error_mean, table("table2").test_error_mean
+    about, spans = f"{100 * val.mean():.0f}%", f"{100 * test.min():.0f}-{100 * test.max():.0f}%"
+    return f"""Validation errors here are fractions of each fold's pairs. The study's validation errors (about
+{about}) are ten times below its own final test errors ({spans}): consistent with dividing a fold's error count by
+{PAIRS} instead of the fold's {fold_pairs} pairs. Its training errors with stds above their means also
+suggest a few diverged fits.
+"""
+
+
+def differences(t2):
+    """The variants whose mean test error differs from the study's by more than either spread."""
+    lines = []
+    for r in t2.itertuples():
+        gap = r.test_error_mean - r.published_test_error_mean
+        if abs(gap) > max(r.test_error_std, r.published_test_error_std):
+            lines.append(f"- {r.variant}: {100 * r.test_error_mean:.2f}% here vs {100 * r.published_test_error_mean:.2f}"
+                         f"% in the study ({100 * gap:+.2f} points; spreads {100 * r.test_error_std:.2f} and "
+                         f"{100 * r.published_test_error_std:.2f}).")
+    return "\n".join(lines) or "- none: every variant is within the spread of the study's number."
+
+
+def known_causes(variants):
+    """Known reasons the study's numbers differ from a run's, each said only where its variants are here."""
+    archs = {parse(v)[0] for v in variants}
+    causes = [f"the study's final {a} used batch size {b} picked on the test set, here\nthe selection comes from "
+              "cross-validation alone" for a, searched, (b, e) in _retrained() if a in archs and searched != (b, e)]
+    causes.append("each round here draws its own pairs and seeds (the\nstudy's draws are unknown)")
+    if "ConvNet" in variants:  # its spread, far above its variants', is the study's own number
+        std = table("table2").set_index("variant").test_error_std["ConvNet"]
+        causes.append(f"the study's ConvNet std of {100 * std:.2f} points, far above its variants', suggests\nfits "
+                      "that diverged there (raw 0..255 inputs make that likely), which the 'diverged' column counts "
+                      "here")
+    return f"Known causes of differences: {'; '.join(causes)}.\n"
+
+
+def findings(t2):
+    """The Table 2 paragraph on the study's numbers: the differences beyond the spread, and their known causes."""
+    return f"""Differences from the study beyond the spread (reported as measured; the models and protocol were
+not tuned towards the published numbers):
+{differences(t2)}
+
+{known_causes(list(t2.variant))}"""
+
+
+def ws_al_beats_al(arch):
+    """Whether the study's WS+AL variant of this architecture has a lower test error than its AL variant."""
+    published = test_error()
+    return published[f"{arch}_WS_AL"] < published[f"{arch}_AL"]

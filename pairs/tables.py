@@ -1,0 +1,166 @@
+"""The report's tables: fit records (pairs.protocol.FitRecord) in, DataFrames out, nothing written.
+
+Table 1 (search) and Table 2 (final) carry the published study's numbers beside ours as `published_*` columns;
+errors are fractions in the frames (what the CSVs hold), and `display` turns a frame into what a reader looks
+at: percentages, mean ± std. Paired comparisons use the same rounds (same pairs, same seeds) for both sides.
+"""
+import pandas as pd
+
+from . import published
+from .models import parse
+from .protocol import final_groups, final_table, groupby, options_text, search_table
+from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
+
+# technique vs its base, as the study argues them
+COMPARISONS = [("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"),
+               ("WS+AL vs AL", "_AL", "_WS_AL"), ("WS+AL vs WS", "_WS", "_WS_AL")]
+PAIRED = ["n", "diff_mean", "ci_low", "ci_high", "t_pvalue"]
+
+
+def markdown(df):
+    """A pipe table (pandas' to_markdown needs tabulate, which this project does not pin)."""
+    cells = [[str(c) for c in df.columns]] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+                                              for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(df.columns)] + lines[1:]) + "\n"
+
+
+def table1(records):
+    """Table 1 (search): ours (correctly normalised per fold) beside the study's."""
+    keys = ["architecture", "epochs", "batch_size"]
+    return pd.DataFrame(search_table(records)).merge(published.columns("table1", keys), on=keys, how="left")
+
+
+def _diverged(records, variant, epochs):
+    """How many of a variant's fits diverged (NaN where too few epochs to say)."""
+    return (sum(diverged(r.final_errors[0]) for r in records if r.variant == variant)
+            if epochs >= DIVERGED_MIN_EPOCHS else float("nan"))
+
+
+def table2(records):
+    """Table 2 (final): ours beside the study's, with the diverged fits counted."""
+    ours = pd.DataFrame(final_table(records))
+    ours["diverged"] = [_diverged(records, v, e) for v, e in zip(ours["variant"], ours["epochs"])]
+    return ours.merge(published.columns("table2", ["variant"], drop=["param_count"]), on="variant", how="left")
+
+
+def table2_row(records):
+    """One configuration's Table 2 numbers from its final fits (the comparison view's metrics in MLflow)."""
+    row = final_table(records)[0]
+    out = {k: row[k] for k in ("test_error_mean", "test_error_std", "train_error_mean", "train_error_std",
+                               "param_count", "s_per_epoch", "rounds")}
+    out["train_seconds"] = sum(r.s_per_epoch * r.config.epochs for r in records)  # the configuration's training
+    if row["epochs"] >= DIVERGED_MIN_EPOCHS:
+        out["diverged"] = sum(diverged(r.final_errors[0]) for r in records)
+    return out
+
+
+def _paired(a, b):
+    """The paired comparison of b against a over the rounds both have ({round: error} each), as columns."""
+    rounds = sorted(a.keys() & b.keys())
+    p = paired([a[k] for k in rounds], [b[k] for k in rounds])
+    return {"n": p.n, "diff_mean": p.mean_diff, "ci_low": p.ci_low, "ci_high": p.ci_high, "t_pvalue": p.t_pvalue,
+            "wilcoxon_pvalue": p.wilcoxon_pvalue}
+
+
+def comparisons(records):
+    """Paired test-error differences of each technique against its base, over the same rounds."""
+    by = {}
+    for r in records:
+        by.setdefault(r.variant, {})[r.round] = r
+    rows = []
+    for arch in dict.fromkeys(parse(v)[0] for v in by):
+        for name, base, treated in COMPARISONS:
+            a, b = by.get(arch + base), by.get(arch + treated)
+            if not a or not b:
+                continue
+            for subset in ("all rounds", "without diverged"):
+                keep = [k for k in a.keys() & b.keys() if subset == "all rounds" or not (
+                    diverged(a[k].final_errors[0]) or diverged(b[k].final_errors[0]))]
+                rows.append({"architecture": arch, "comparison": name, "rounds": subset, **_paired(
+                    {k: a[k].final_errors[1] for k in keep}, {k: b[k].final_errors[1] for k in keep})})
+    return pd.DataFrame(rows, columns=["architecture", "comparison", "rounds", *PAIRED, "wilcoxon_pvalue"])
+
+
+def arms_table(records, protocol, arms):
+    """Per variant and arm: test error over the rounds, its paired difference to the first arm (95% CI), and
+    the share of the gap between the first arm and the study's published number that the difference closes."""
+    by_config = {}
+    for r in records:
+        by_config.setdefault(r.config, {})[r.round] = r.final_errors[1]
+    target = published.test_error()
+    rows, base = [], {}
+    for name, selection in arms:
+        for g in final_groups(protocol, selection, name):
+            cfg = g.fits[0].config
+            errs = by_config[cfg]
+            first = base.setdefault(cfg.variant, errs)
+            p = _paired(first, errs)
+            m, sd = mean_std(errs.values())
+            theirs = target.get(cfg.variant, float("nan"))
+            gap = mean_std(first.values())[0] - theirs
+            rows.append({"variant": cfg.variant, "arm": name, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                         "test_error_mean": m, "test_error_std": sd, "rounds": len(errs),
+                         **{k: p[k] for k in PAIRED[1:]}, "published_test_error_mean": theirs, "gap": gap,
+                         "share_of_gap_closed": -p["diff_mean"] / gap if gap else float("nan")})
+    order = {v: i for i, v in enumerate(protocol.variants)}
+    return pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
+
+
+def beside(studies):
+    """Several studies' final rounds side by side (`studies`: {name: final records}): Table 2 with a study column,
+    a row per configuration; each later study's rows against the first study's rows of the same architecture,
+    paired over the rounds that drew the same pairs; and each row's test error per round ({round: error})."""
+    rows, errors = [], []
+    for study, records in studies.items():
+        for cfg, group in groupby(records, lambda r: r.config).items():
+            rows.append({"row": len(rows) + 1, "study": study, "options": options_text(cfg), **final_table(group)[0]})
+            errors.append({(r.round, r.pairs, r.data_seed): r.final_errors[1] for r in group})
+    first = next(iter(studies))
+    compared = [{"row": b["row"], "against": a["row"], **{k: v for k, v in _paired(ea, eb).items() if k in PAIRED}}
+                for b, eb in zip(rows, errors) for a, ea in zip(rows, errors)
+                if b["study"] != first and a["study"] == first and parse(a["variant"])[0] == parse(b["variant"])[0]]
+    return pd.DataFrame(rows), pd.DataFrame(compared, columns=["row", "against", *PAIRED]), errors
+
+
+def _pm(df, name):
+    """Mean ± std in % of the columns name_mean and name_std ("—" where NaN: no such cell in the study)."""
+    return ["—" if m != m else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(df[f"{name}_mean"],
+                                                                                 df[f"{name}_std"])]
+
+
+def display(df, kind, tested=True):
+    """The table a reader looks at (kind: table1, table2, arms or beside): mean ± std in %, ours beside the
+    study's. In the arms table, a variant's first arm is the reference ("—"), as is every arm when not `tested`."""
+    batch_epochs = [f"{b}/{e}" for b, e in zip(df.batch_size, df.epochs)]
+    if kind == "table1":
+        options = {c: df[c] for c in df.columns if c not in ("architecture", "batch_size", "epochs", "fits")
+                   and not c.startswith(("train_", "val_", "published_"))}
+        cols = {"architecture": df.architecture, "batch size": df.batch_size, **options, "epochs": df.epochs,
+                "fits": df.fits, "train error %": _pm(df, "train_error"), "val error %": _pm(df, "val_error"),
+                "published train %": _pm(df, "published_train_error"),
+                "published val %": _pm(df, "published_val_error")}
+    elif kind == "table2":
+        cols = {"variant": df.variant, "batch/epochs": batch_epochs, "train error %": _pm(df, "train_error"),
+                "test error %": _pm(df, "test_error"), "params": df.param_count,
+                "s/epoch": [f"{s:.4f}" for s in df.s_per_epoch],
+                "diverged": ["—" if d != d else int(d) for d in df.diverged],
+                "published test %": _pm(df, "published_test_error"),
+                "ours - published (points)": [f"{100 * (a - b):+.2f}" for a, b in zip(df.test_error_mean,
+                                                                                      df.published_test_error_mean)],
+                "published s/epoch": df.published_s_per_epoch}
+    elif kind == "arms":
+        shown = [tested and not first for first in ~df.variant.duplicated()]
+        cols = {"variant": df.variant, "arm": df.arm, "batch/epochs": batch_epochs,
+                "test error %": _pm(df, "test_error"),
+                "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})" if s else "—"
+                                                  for s, d, lo, hi in zip(shown, df.diff_mean, df.ci_low, df.ci_high)],
+                "published %": [f"{100 * v:.2f}" for v in df.published_test_error_mean],
+                "share of the gap closed": [f"{100 * v:.0f}%" if s else "—" for s, v in zip(shown,
+                                                                                             df.share_of_gap_closed)]}
+    else:
+        cols = {"#": df.row, "study": df.study, "variant": df.variant, "options": df.options,
+                "batch/epochs": batch_epochs, "rounds": df.rounds, "test error %": _pm(df, "test_error"),
+                "train error %": _pm(df, "train_error"), "params": df.param_count,
+                "s/epoch": [f"{s:.3f}" for s in df.s_per_epoch]}
+    return pd.DataFrame(cols)
