@@ -14,6 +14,7 @@ from pairs import report as R
 from pairs.protocol import Protocol
 from pairs.studies import Study
 
+from . import ROOT
 from .settings import tracking_uri
 from .tracking import download_artifacts
 
@@ -99,7 +100,9 @@ def beside_folders(folders, out):
         run = json.loads((folder / "run.json").read_text())
         study = Path(run.get("study", {}).get("path") or "faithful").stem
         records = next(p for p in (folder / "final_fits.json", folder / "final_fits.json.gz") if p.exists())
-        studies[f"{study} ({folder.as_posix()})"] = R.load_records(records)
+        where = folder.resolve()  # named as from the project's root, wherever the command runs
+        where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+        studies[f"{study} ({where.as_posix()})"] = R.load_records(records)
     return R.beside(studies, out)
 
 

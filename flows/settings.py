@@ -222,10 +222,10 @@ def preflight(run):
     the Dask scheduler answering. It creates nothing."""
     root = data_root(run.data_dir)
     try:
-        if root.exists() and not root.is_dir() or any((root / "MNIST" / "raw" / n).exists() for n in MNIST_FILES):
-            check_mnist(root)  # present: complete and intact (a partial folder is named, not downloaded into)
-        elif not root.exists() and root != data_root(None):
+        if not root.exists() and root != Path("data").resolve():
             ensure_mnist(root, download=False)  # raises: a folder that does not exist is a typo, not a download
+        elif root.exists() and (not root.is_dir() or any((root / "MNIST" / "raw" / n).exists() for n in MNIST_FILES)):
+            check_mnist(root)  # present: complete and intact (a partial folder is named, not downloaded into)
     except DataError as e:
         raise ValueError(str(e)) from None
     for folder, what in ((run.results, "results folder"), (sqlite_path(tracking_uri()), "tracking store")):

@@ -205,7 +205,7 @@ def _check_value(protocol, name, value, key, fail):
                       f"({', '.join(protocol.architectures)}); variants: {', '.join(VARIANTS)}")
     elif name in FIT:
         try:
-            protocol.with_(**{name + "s" if name == "batch_size" else name: (value,)})
+            protocol.with_(**{{"batch_size": "batch_sizes", "epochs": "epoch_grid"}[name]: (value,)})
         except (TypeError, ValueError) as e:
             fail(key, str(e))
     else:

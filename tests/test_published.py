@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ["docs/results", "docs/results/extended"]
+FOLDERS = ["docs/results", "docs/results/al_gap", "docs/results/extended"]
+BESIDE = {"docs/results/extended/beside": ["docs/results/al_gap", "docs/results/extended"]}
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -17,6 +18,18 @@ def test_a_published_folder_rebuilds_from_its_records(folder, tmp_path):
     for name in published:
         assert (tmp_path / name).read_text() == (ROOT / folder / name).read_text(), \
             f"{folder}/{name} differs from what its records give: python -m flows report --from {folder}"
+
+
+@pytest.mark.parametrize("folder", BESIDE)
+def test_the_final_rounds_beside_each_other_rebuild_from_the_folders_records(folder, tmp_path):
+    from flows.report import beside_folders
+    written = {p.name for p in beside_folders([ROOT / f for f in BESIDE[folder]], tmp_path)}
+    published = sorted(p.name for p in (ROOT / folder).iterdir())
+    assert set(published) == written, (published, written)
+    for name in (n for n in published if n.endswith((".md", ".csv"))):
+        assert (tmp_path / name).read_text() == (ROOT / folder / name).read_text(), \
+            f"{folder}/{name} differs from what its folders' records give: python -m flows report " + " ".join(
+                f"--from {f}" for f in BESIDE[folder]) + f" --out {folder}"
 
 
 def test_a_folder_without_records_says_what_it_needs(tmp_path):
