@@ -1,6 +1,6 @@
-"""Prefect flows and MLflow tracking for pairs. Importing it (or any module in it) changes nothing: the entry
-points (`python -m flows`, the flow run a deployment starts, the tests' conftest) call `flows.lifetime.start` or
-`flows.lifetime.environment`."""
+"""Prefect flows and MLflow tracking for pairs. Importing it (or any module in it) changes nothing: `python -m
+flows` calls `flows.lifetime.start`, the tests' conftest `flows.lifetime.environment`; flows/pipeline.py guards a
+flow run that `serve` spawned (a no-op anywhere else)."""
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,8 @@
 """How a pipeline process starts and ends: its environment, the processes it starts ending with it, the stop path.
 
 Nothing here runs at import: `start()` is called by `python -m flows` before Prefect is imported, `guard_child()`
-by the flow itself (in a flow run that `serve` spawned), `ended(tracker, logging)` wraps the flow's body.
+as flows/pipeline.py is imported (it acts only in a flow run that `serve` spawned), `ended(tracker, logging)`
+wraps the flow's body.
 
 Processes the pipeline starts end with it, however it ends (issue 12).
 
@@ -16,9 +17,10 @@ forked it ends):
   thread asked for it (that thread may end first).
 - Under `mlflow run` (MLFLOW_RUN_ID set and the parent is `mlflow run`: `bash -c` exec'd into the command)
   the pipeline takes SIGTERM when `mlflow` dies, so a signal to `mlflow run` alone stops it as a SIGTERM
-  does (runs ended KILLED, its server with it). A flow run that `python -m flows serve` spawned (it runs the
-  flow, not flows.__main__: the flow calls guard_child) likewise ends with `serve`. mlflow 3.17 and Prefect 3.9 fork
-  these from their main thread, which lives as long as their process.
+  does (runs ended KILLED, its server with it). A flow run that `python -m flows serve` spawned likewise ends
+  with `serve`, and its own temporary server with it: flows/pipeline.py calls guard_child as it is imported
+  there (to unpickle the flow), before Prefect starts that server. mlflow 3.17 and Prefect 3.9 fork these
+  from their main thread, which lives as long as their process.
 Only our own children are signalled, by the kernel: nothing is looked up by name or killed by scanning, so a
 `prefect server` the user started, other pipelines and other processes are never touched. Elsewhere: no-op.
 """
@@ -148,8 +150,8 @@ def guard_process():
 
 
 def guard_child():
-    """Called by the flow: in a child of a guarded `python -m flows` (a flow run of `serve`), the same guard, and
-    the child dies with its parent. Anywhere else (the command itself, pytest, a notebook) it does nothing."""
+    """In a child of a guarded `python -m flows` (a flow run of `serve`), the same guard, and the child dies with its
+    parent. Anywhere else (the command itself, pytest, a notebook) it does nothing."""
     if os.environ.get(_GUARD) == str(os.getppid()):
         _guard(lambda parent: True)
 

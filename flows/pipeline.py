@@ -30,11 +30,16 @@ from .tasks import code_version, prepare_data, select, write_artifacts
 from .tracking import Tracker, pipeline_params, selection_params
 
 
+# The one call at import, and a no-op but in a flow run that `python -m flows serve` spawned: that process imports
+# this module (to unpickle the flow) before Prefect starts its temporary server, and has no earlier hook. There it
+# makes the flow run, and that server, end with serve (flows.lifetime).
+guard_child()
+
+
 @flow(name="pairs", log_prints=True)
 @settings_as_parameters  # each setting (flows.settings) a typed parameter: a deployment's custom run sets any
 def pipeline(**settings):
     """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
-    guard_child()
     run, protocol, study = validate(**settings)
     preflight(run)
     begun = time.time()
