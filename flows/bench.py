@@ -10,6 +10,7 @@ measured task durations the simulated wall time of the full and the extended stu
 torch is needed for (1)-(3); (4)-(6) need the pipeline's packages and run on the CPU.
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ import torch
 from pairs import protocol as P
 from pairs import report as R
 from pairs.data import data_root, pair_sets
-from pairs.models import VARIANTS, build, parse
+from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
 from pairs import published
 from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, resolve_device
@@ -32,16 +33,8 @@ STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
 
 
-def forward_flops_per_pair(variant):
-    """FLOPs of one forward pass per pair (both branches), counted by torch's FlopCounterMode from the model."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        build(variant)(torch.zeros(1, 2, 14, 14))
-    return counter.get_total_flops()
-
-
 def train_flops(variant, pairs_per_epoch):
-    return 3 * forward_flops_per_pair(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards
+    return 3 * forward_flops(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards
 
 
 def matmul_gflops(device, n=2048, reps=10):
@@ -270,6 +263,51 @@ def dask_lines(epochs):
     return lines
 
 
+PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended")
+LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
+
+
+def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
+    """Each published study's training FLOPs (counted from the model of every fit it holds, forward + backward),
+    the time those take at this run's float32 matmul ceiling, the pipeline call's wall time (its run.json) and
+    the share; a study run on another CPU model gets no share here (a ceiling is measured on its own model)."""
+    cpu = cpu_model(machine)
+    lines = [LIMITS[0], "## The limit, per published study", "",
+             f"Training FLOPs of every fit the study's folder holds (`FitRecord.train_flops`: 3 forward passes of "
+             f"each training pair per epoch, counted by FlopCounterMode), at this run's ceiling of **{ceiling:.0f} "
+             f"GFLOP/s** ({cpu}); the wall time is the whole pipeline call's, from the folder's run.json.", "",
+             "| study | fits | TFLOP | limit here | wall time (machine) | achieved GFLOP/s | share of the limit |",
+             "|---|---|---|---|---|---|---|"]
+    for folder in PUBLISHED:
+        records = [r for name in ("search_fits.json", "final_fits.json")
+                   for path in (root / folder / name, root / folder / f"{name}.gz") if path.exists()
+                   for r in R.load_records(path)]
+        meta = json.loads((root / folder / "run.json").read_text())["meta"]
+        flops, wall = sum(r.train_flops for r in records), float(meta["wall_time"].split()[0])
+        theirs = cpu_model(meta["machine"])
+        share = f"{100 * flops / ceiling / 1e9 / wall:.0f}%" if theirs == cpu else f"— (run on {theirs})"
+        lines.append(f"| {folder} | {len(records)} | {flops / 1e12:.1f} | {flops / ceiling / 1e9 / 60:.1f} min | "
+                     f"{wall / 60:.1f} min ({theirs}) | {flops / wall / 1e9:.0f} | {share} |")
+    return lines + ["", LIMITS[1]]
+
+
+def cpu_model(machine):
+    """The CPU model in a describe_machine() text: '2 cores (AMD EPYC), torch ...' -> 'AMD EPYC'."""
+    return machine.split(" cores (", 1)[1].split("), torch", 1)[0]
+
+
+def write_limits(out, lines):
+    """The limits section into `out`, in place of the one there (or at its end)."""
+    text = out.read_text() if out.exists() else ""
+    section = "\n".join(lines)
+    if LIMITS[0] in text:
+        head, rest = text.split(LIMITS[0], 1)
+        text = head + section + rest.split(LIMITS[1], 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    out.write_text(text)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -279,8 +317,15 @@ def main(argv):
     ap.add_argument("--dask-epochs", type=int, default=2, help="epochs of the search cells trained on Dask workers")
     ap.add_argument("--full", action="store_true",
                     help="also train the whole full protocol (search, selection, final) once and time it")
+    ap.add_argument("--limits", action="store_true", help="only measure the ceiling and write the per-study limit "
+                    "table (from the published folders' records) into --out")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    if args.limits:
+        lines = limits(matmul_gflops(device), describe_machine(device))
+        write_limits(args.out, lines)
+        print("\n".join(lines))
+        return 0
     full = PROFILES["full"]
     rounds, folds, final_rounds, batches = full.search_rounds, full.folds, full.final_rounds, full.batch_sizes
     started = time.perf_counter()
@@ -336,7 +381,7 @@ def main(argv):
         table = {r["variant"]: r for r in P.final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",
                   f"- {len(search) + len(final)} fits, search + selection + final, no tracking: **{took:.0f} s**",
-                  f"- selection: {chosen}",
+                  f"- selection: { {a: c.as_dict() for a, c in chosen.items()} }",
                   "- test error % (mean over rounds): " + ", ".join(
                       f"{v} {100 * t['test_error_mean']:.1f}" for v, t in table.items())]
     lines += ["", f"Benchmark wall time: {time.perf_counter() - started:.0f} s.", ""]

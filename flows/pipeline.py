@@ -73,11 +73,11 @@ def pipeline(**settings):
             search = stage("search", search_groups, w, progress, R.search_artifacts)
         selection = select(search)
         tracker.log_params(tracker.run_id, selection_params(selection, study.final))
-        print(f"[select] {selection}", flush=True)
+        print(f"[select] { {a: c.as_dict() for a, c in selection.items()} }", flush=True)
         if run.until == "search":
             return finish(tracker, run, selection)
 
-        final_groups = P.final_groups(protocol, {a: s | study.final for a, s in selection.items()})
+        final_groups = P.final_groups(protocol, {a: c.with_options(study.final) for a, c in selection.items()})
         progress.plan(final_groups, guessed)
         final = stage("final", final_groups, w, progress, R.final_artifacts)
         publish_table2(final, tracker)

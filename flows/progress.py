@@ -17,9 +17,9 @@ def planned(protocol, study, run):
     typical candidate) and the final stage's under a stand-in selection (the real ones replace both later)."""
     candidates = study.candidates() if study.method == "grid" else [study.typical()] * study.trials
     search = P.search_groups(protocol, candidates, run.chunk)
-    guessed = [] if run.until == "search" else P.final_groups(protocol, {a: {
+    guessed = [] if run.until == "search" else P.final_groups(protocol, P.selection_of({a: {
         "batch_size": min(protocol.batch_sizes), "epochs": max(protocol.epoch_grid)} | (
-        {"variant": a} if "variant" in dict(study.space) else {}) | study.final for a in protocol.architectures})
+        {"variant": a} if "variant" in dict(study.space) else {}) | study.final for a in protocol.architectures}))
     return search, guessed
 
 

@@ -55,7 +55,7 @@ def register_champion(tracker, search, final_groups, selection, study, protocol,
     rule above. Prints one line saying what happened and why."""
     rows = P.search_table(search)
     cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
-        r.get(k) == v for k, v in s.items() if k in r)) for a, s in selection.items()}
+        r.get(k) == v for k, v in c.as_dict().items() if k in r)) for a, c in selection.items()}
     kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran
     if not kept:
         return
@@ -71,7 +71,7 @@ def register_champion(tracker, search, final_groups, selection, study, protocol,
             "rounds": len(test), "variant": fit.variant, "study": study_name, "profile": profile,
             "pairs": protocol.pairs, "search_rounds": protocol.search_rounds, "folds": protocol.folds,
             "final_rounds": protocol.final_rounds, "cv_protocol": cv_protocol(protocol),
-            "selection": json.dumps(selection[arch], sort_keys=True), "smoke": why_smoke or "no",
+            "selection": json.dumps(selection[arch].as_dict(), sort_keys=True), "smoke": why_smoke or "no",
             "pipeline_run": tracker.run_id}
     options = P.options_text(fit.config)
     description = (f"{fit.variant}{' ' + options if options else ''}, batch {fit.config.batch_size}, "

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pairs import report as R
-from pairs.protocol import Protocol
+from pairs.protocol import Protocol, selection_of
 from pairs.studies import Study
 
 from . import ROOT
@@ -23,7 +23,8 @@ def writer(tracker, device, started, why_smoke, protocol, study, selection, writ
     """What writes the call's report into a folder: run.json (protocol, study, selection and `meta`: machine, wall
     time, versions, command, launcher, smoke), then `write(folder, meta)` (a pairs.report function)."""
     meta = run_meta(tracker, device, time.time() - started, why_smoke)
-    run = {"protocol": asdict(protocol), "study": asdict(study)} | ({"selection": selection} if selection else {})
+    run = {"protocol": asdict(protocol), "study": asdict(study)} | (
+        {"selection": {a: c.as_dict() for a, c in selection.items()}} if selection else {})
 
     def report(out):
         (out / "run.json").write_text(json.dumps(run | {"meta": meta}))
@@ -86,7 +87,7 @@ def rebuild(run, files, out):
     if study.arms:
         return R.arms_report(final, study, protocol, out, run["meta"])
     search = R.load_records(files["search_fits.json"])
-    return R.full_report(search, final, run["selection"], protocol, out, run["meta"], study)
+    return R.full_report(search, final, selection_of(run["selection"]), protocol, out, run["meta"], study)
 
 
 RENAMED = {"epochs": "epoch_grid", "repair": "re_pair"}  # the protocol's settings in a run.json of before a rename

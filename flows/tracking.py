@@ -293,7 +293,8 @@ class Tracker:
             params["fold"] = r.fold
         now = int(time.time() * 1000)
         metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0),
-                   Metric("train_seconds", r.s_per_epoch * r.config.epochs, now, 0)]  # (Duration: logging time)
+                   Metric("train_seconds", r.s_per_epoch * r.config.epochs, now, 0),  # (Duration: logging time)
+                   Metric("train_flops", r.train_flops, now, 0)]
         curves = [("train_loss", r.train_loss)] + [("train_main_loss", r.main_loss),
                                                    ("train_aux_loss", r.aux_loss)] * al
         for metric, values in curves:  # the parts of the loss where there are two: AL variants
@@ -320,7 +321,7 @@ def pipeline_params(protocol, profile, study, context):
 
 def selection_params(selection, final):
     """The selection (and the study's fixed final options) as the pipeline run's parameters."""
-    return ({f"selected.{a}.{k}": v for a, s in selection.items() for k, v in s.items()}
+    return ({f"selected.{a}.{k}": v for a, c in selection.items() for k, v in c.as_dict().items()}
             | {f"final.{k}": v for k, v in final.items()})
 
 

@@ -9,6 +9,9 @@ each convolution and hidden linear layer of the branch; dropout after each hidde
 a larger branch (four padded 3x3 convolutions, or a wider MLP); a comparison head that computes P(first <= second) from the two digit posteriors
 instead of learning it.
 """
+import functools
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -139,11 +142,28 @@ def parse(name):
     return parts[0], "WS" in parts, "AL" in parts
 
 
+# torch.nn.init draws from the process's one global generator: whoever builds a model holds this (a group trains
+# in a thread while another thread rebuilds trained models to log them, or counts FLOPs)
+GLOBAL_RNG = threading.Lock()
+
+
 def build(name, **options):
     """The model of a Table 2 variant (options: batch_norm, branch, head, dropout), with PyTorch's default
     initialisation from the global RNG."""
     architecture, weight_sharing, _ = parse(name)
     return PairNet(architecture, weight_sharing, **options)
+
+
+@functools.cache
+def forward_flops(name, **options):
+    """FLOPs of one forward pass of one pair through the variant's model (both branches, the head), counted by
+    torch's FlopCounterMode (2 per multiply-add of every matmul and convolution), not written by hand."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # (building draws initial weights: none are kept)
+        model = build(name, **options).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 2, 14, 14))
+    return counter.get_total_flops()
 
 
 def param_count(model):

@@ -19,7 +19,7 @@ from fractions import Fraction
 from dataclasses import asdict, dataclass, fields, replace
 
 from .data import derive_seed, kfold, pair_sets
-from .models import ARCHITECTURES, VARIANTS, parse
+from .models import ARCHITECTURES, VARIANTS, forward_flops, parse
 from .stats import mean_std
 from .train import FitConfig, FitData, Training, fit_many, option
 
@@ -133,6 +133,14 @@ class FitRecord(Fit):
         return {e: ev for e, _, ev in self.scores}
 
     @property
+    def train_flops(self):
+        """The fit's training FLOPs: forward + backward (3 forward passes, counted from its model) of every training
+        pair in every epoch, for each ensemble member."""
+        pairs = self.pairs - fold_size(self) if self.fold is not None else self.pairs
+        return (3 * forward_flops(self.variant, **self.config.model_options()) * pairs * self.config.epochs
+                * self.config.ensemble)
+
+    @property
     def final_errors(self):
         """(train error, eval error) after all of the config's epochs."""
         return self.train_error[self.config.epochs], self.eval_error[self.config.epochs]
@@ -154,6 +162,31 @@ def options_text(config):
     """The training options of a config not at the study's default, as `name=value` words."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in config.training().items() if v != getattr(DEFAULT, k))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An architecture's chosen configuration: batch size, epochs, the variant (when the search chose one: else each
+    of the protocol's variants of the architecture runs) and the training options it carries, as (name, value)
+    pairs. A Selection is {architecture: Choice}; `as_dict` is its JSON (run.json, MLflow parameters, tags)."""
+    batch_size: int
+    epochs: int
+    variant: str | None = None
+    options: tuple = ()
+
+    @classmethod
+    def of(cls, values):
+        """From {batch_size, epochs, [variant], option: value, ...} (a Table 1 row's settings, a study arm, JSON)."""
+        rest = {k: v for k, v in values.items() if k not in ("batch_size", "epochs", "variant")}
+        return cls(values["batch_size"], values["epochs"], values.get("variant"), tuple(rest.items()))
+
+    def as_dict(self):
+        return {"batch_size": self.batch_size, "epochs": self.epochs} | (
+            {"variant": self.variant} if self.variant else {}) | dict(self.options)
+
+    def with_options(self, options):
+        """The same choice with these training options set too (a study's [final] options)."""
+        return replace(self, options=tuple((dict(self.options) | options).items()))
 
 
 @dataclass(frozen=True)
@@ -209,22 +242,21 @@ def search_groups(protocol, candidates=({},), chunk=None):
 
 
 def final_variants(protocol, selection):
-    """The variants of the final evaluation: the protocol's, or an architecture's selected variant when the
-    search chose one."""
-    chosen = [s["variant"] for s in selection.values() if "variant" in s]
-    return [v for v in protocol.variants if "variant" not in selection[parse(v)[0]]] + chosen
+    """The variants of the final evaluation: the protocol's, or an architecture's chosen variant when the search
+    chose one."""
+    chosen = [c.variant for c in selection.values() if c.variant]
+    return [v for v in protocol.variants if not selection[parse(v)[0]].variant] + chosen
 
 
 def final_groups(protocol, selection, name=""):
-    """The final evaluation's units of work: one Group per variant, at its architecture's selection
-    ({architecture: {batch_size, epochs, options...}}); every variant and arm on the same rounds. The groups
-    of the selected configurations (an architecture's searched variant) keep their trained models."""
+    """The final evaluation's units of work: one Group per variant, at its architecture's Choice (`selection`:
+    {architecture: Choice}); every variant and arm on the same rounds. The groups of the chosen configurations
+    (an architecture's searched variant) keep their trained models."""
     p, groups = protocol, []
     for variant in final_variants(p, selection):
-        arch = parse(variant)[0]
-        chosen = {k: v for k, v in selection[arch].items() if k != "variant"}
-        cfg = FitConfig(variant, chosen.pop("batch_size"), chosen.pop("epochs"), **(p.training() | chosen))
-        keep = not name and variant == selection[arch].get("variant", arch)
+        c = selection[parse(variant)[0]]
+        cfg = FitConfig(variant, c.batch_size, c.epochs, **(p.training() | dict(c.options)))
+        keep = not name and variant == (c.variant or parse(variant)[0])
         groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(p.seed, "final", rnd), p.pairs,
                                       derive_seed(p.seed, "final", rnd, "pairs"), score_at=(cfg.epochs,))
                                   for rnd in range(p.final_rounds)), name, keep))
@@ -232,13 +264,18 @@ def final_groups(protocol, selection, name=""):
 
 
 def arm_groups(protocol, arms):
-    """The final groups of every arm ((name, selection) pairs); an arm equal to an earlier one for a variant
-    adds no group (its fits are the same)."""
+    """The final groups of every arm ((name, {architecture: {batch_size, epochs, options...}}) pairs); an arm equal
+    to an earlier one for a variant adds no group (its fits are the same)."""
     groups = {}
-    for name, selection in arms:
-        for g in final_groups(protocol, selection, name):
+    for name, arm in arms:
+        for g in final_groups(protocol, selection_of(arm), name):
             groups.setdefault(g.key(), g)
     return list(groups.values())
+
+
+def selection_of(values):
+    """A Selection from its JSON ({architecture: {batch_size, epochs, ...}})."""
+    return {a: Choice.of(v) for a, v in values.items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -325,11 +362,11 @@ def _rank(indexed):
 
 
 def select(table1_rows):
-    """Per architecture the candidate (batch size, epochs, searched options) by TIE_RULE. Table 1 holds validation
+    """The Selection: per architecture the Choice (batch size, epochs, searched options) by TIE_RULE. Table 1 holds validation
     folds only: the test pairs play no part."""
     best = {}
     for _, r in sorted(enumerate(table1_rows), key=_rank):
-        best.setdefault(r["architecture"], {k: v for k, v in r.items() if k not in SCORES})
+        best.setdefault(r["architecture"], Choice.of({k: v for k, v in r.items() if k not in SCORES}))
     return best
 
 

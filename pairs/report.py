@@ -199,8 +199,8 @@ def setup(protocol, records, variants, meta, study):
 
 def selected(selection):
     """The Selection section's list: each architecture's batch size, epochs and selected options."""
-    return "\n".join(f"- {a}: batch size {s['batch_size']}, {s['epochs']} epochs" + "".join(
-        f", {k}={v}" for k, v in s.items() if k not in ("batch_size", "epochs")) for a, s in selection.items())
+    return "\n".join(f"- {a}: batch size {c.batch_size}, {c.epochs} epochs" + "".join(
+        f", {k}={v}" for k, v in list(c.as_dict().items())[2:]) for a, c in selection.items())
 
 
 def ties(search):

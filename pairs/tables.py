@@ -8,7 +8,7 @@ import pandas as pd
 
 from . import published
 from .models import parse
-from .protocol import final_groups, final_table, groupby, options_text, search_table
+from .protocol import final_groups, final_table, groupby, options_text, search_table, selection_of
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
 
 # technique vs its base, as the study argues them
@@ -90,8 +90,8 @@ def arms_table(records, protocol, arms):
         by_config.setdefault(r.config, {})[r.round] = r.final_errors[1]
     target = published.test_error()
     rows, base = [], {}
-    for name, selection in arms:
-        for g in final_groups(protocol, selection, name):
+    for name, arm in arms:
+        for g in final_groups(protocol, selection_of(arm), name):
             cfg = g.fits[0].config
             errs = by_config[cfg]
             first = base.setdefault(cfg.variant, errs)

@@ -22,7 +22,6 @@ import io
 import math
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import derive_seed
-from .models import BRANCHES, HEADS, Dropout, PairsClassifier, build, param_count, parse
+from .models import BRANCHES, GLOBAL_RNG, HEADS, Dropout, PairsClassifier, build, param_count, parse
 from .stacked import Stacked
 
 
@@ -137,15 +136,10 @@ class FitResult:
         return sum(self.epoch_seconds) / len(self.epoch_seconds)
 
 
-# torch.nn.init draws from the process's global generator: one model is initialised at a time (a group trains in
-# a thread while another thread rebuilds a trained model to log it)
-_GLOBAL_RNG = threading.Lock()
-
-
 def init_model(variant, seed, **options):
     """The variant's model with default initialisation drawn from `seed`, leaving the global RNG alone;
     each dropout layer draws its masks from a generator of its own, also derived from `seed`."""
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # (see pairs.models.GLOBAL_RNG)
         torch.manual_seed(derive_seed(seed, "init"))
         model = build(variant, **options)
     for i, m in enumerate(m for m in model.modules() if isinstance(m, Dropout)):

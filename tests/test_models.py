@@ -42,3 +42,35 @@ def test_without_sharing_the_branches_are_distinct(name):
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown variant 'CNN'.*ConvNet_WS_AL"):
         parse("CNN")
+
+
+@pytest.mark.parametrize("options", [{}, {"branch": "large"}, {"batch_norm": True, "head": "digits"}])
+@pytest.mark.parametrize("name", ["ConvNet", "ConvNet_WS", "MLP_WS_AL"])
+def test_forward_flops_are_those_of_every_convolution_and_linear_layer(name, options):
+    """FlopCounterMode's count against a hand count from the layers' shapes (2 FLOPs per multiply-add)."""
+    from pairs.models import forward_flops
+    model, macs = build(name, **options), []
+
+    def hook(mod, inp, out):
+        macs.append(out.numel() * (mod.weight[0].numel() if isinstance(mod, torch.nn.Conv2d) else mod.in_features))
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            mod.register_forward_hook(hook)
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 2, 14, 14))
+    assert forward_flops(name, **options) == 2 * sum(macs) > 0
+
+
+def test_a_fits_training_flops_count_its_pairs_epochs_and_members():
+    from pairs import protocol as P
+    from pairs.models import forward_flops
+    q = P.PROFILES["quick"]
+    chosen = P.selection_of({a: {"batch_size": 25, "epochs": 3} for a in ("ConvNet", "MLP")})
+    search, final = P.search_groups(q)[0].fits[0], P.final_groups(q, chosen)[0].fits[0]
+    record = lambda fit, **cfg: P.FitRecord(**{**vars(fit), "config": P.FitConfig(**{**vars(fit.config), **cfg})},  # noqa: E731
+                                            train_loss=(), main_loss=(), aux_loss=(), scores=(), param_count=0,
+                                            s_per_epoch=0.0)
+    per_pair = forward_flops("ConvNet")
+    assert record(final).train_flops == 3 * per_pair * q.pairs * 3
+    assert record(search).train_flops == 3 * per_pair * (q.pairs - P.fold_size(search)) * search.config.epochs
+    assert record(final, ensemble=3).train_flops == 3 * record(final).train_flops

@@ -20,10 +20,10 @@ def test_quick_records_are_those_recorded_before_the_refactor(quick_records):
     machine = describe_machine("cpu")
     fixture, exact = recorded_quick(machine)
     if exact:
-        assert selection == fixture["selection"]
+        assert {a: c.as_dict() for a, c in selection.items()} == fixture["selection"]
         assert [record_json(r) for r in records] == fixture["records"]
     else:
-        assert_carries_over(selection, [record_json(r) for r in records], fixture)
+        assert_carries_over({a: c.as_dict() for a, c in selection.items()}, [record_json(r) for r in records], fixture)
 
 
 def record_json(r):
@@ -100,7 +100,7 @@ def test_groups_list_every_unit_once_and_search_never_touches_test_pairs():
     fits = [f for g in search for f in g.fits]
     assert len(fits) == P.PROFILES["quick"].fits()[0] == len({f.key() for f in fits})
     assert all(f.fold is not None for f in fits)  # search fits are scored on folds of the training pairs
-    final = P.final_groups(q, {"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}})
+    final = P.final_groups(q, P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}}))
     assert [g.label for g in final] == [f"final {v}" for v in q.variants]
     assert {f.config.epochs for f in final[-1].fits} == {3} and final[-1].fits[0].score_at == (3,)
     assert len({g.key() for g in search + final}) == len(search) + len(final)
