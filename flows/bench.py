@@ -275,7 +275,8 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
     lines = [LIMITS[0], "## The limit, per published study", "",
              f"Training FLOPs of every fit the study's folder holds (`FitRecord.train_flops`: 3 forward passes of "
              f"each training pair per epoch, counted by FlopCounterMode), at this run's ceiling of **{ceiling:.0f} "
-             f"GFLOP/s** ({cpu}); the wall time is the whole pipeline call's, from the folder's run.json.", "",
+             f"GFLOP/s** ({cpu}); the wall time is the whole pipeline call's, from the folder's run.json (as it ran: "
+             "a machine shared with other work is slower).", "",
              "| study | fits | TFLOP | limit here | wall time (machine) | achieved GFLOP/s | share of the limit |",
              "|---|---|---|---|---|---|---|"]
     for folder in PUBLISHED:
