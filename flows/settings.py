@@ -3,9 +3,10 @@
 A setting is a field of `pairs.protocol.Protocol` (counts, grid, training options; empty = the profile's
 value) or of `Run` below (profile, data, experiment, device, stage). The command line
 (flows.__main__), MLproject (`python -m flows mlproject` writes it; a test checks it is current), the
-flow's parameters (so a Prefect deployment's custom run can set each one) and `check_inputs` are all
-derived from these declarations. Imports neither Prefect nor MLflow's client, so bad input fails in
-about a second with one line.
+flow's parameters (so a Prefect deployment's custom run can set each one) and `validate` (pure: values ->
+Run, Protocol, Study) are all derived from these declarations; `preflight` looks at what a call needs from
+outside without writing anything. Imports neither Prefect nor MLflow's client, so bad input fails in about a
+second with one line.
 """
 import dataclasses
 import inspect
