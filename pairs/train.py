@@ -36,6 +36,7 @@ from .stacked import Stacked
 
 DEVICES = ("cpu", "cuda", "auto")
 SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def option(default, help, choices=()):
@@ -63,6 +64,8 @@ class Training:
     dropout: float = option(0.0, "dropout probability after each hidden linear layer of the digit branch")
     ensemble: int = option(1, "models per fit (trained stacked, each from its own seed); a fit's prediction "
                               "averages their pair probabilities")
+    precision: str = option("float32", "bfloat16: the matmuls and convolutions under bf16 autocast (CPUs with bf16, "
+                                       "GPUs); weights, losses and the optimizer stay float32", PRECISIONS)
 
     def __post_init__(self):
         for f in fields(Training):  # a study file's `aux_weight = 1` is 1.0: equal settings, equal cache keys
@@ -225,6 +228,12 @@ def set_lr(opt, cfg, step, steps):
         group["lr"] = lr
 
 
+def autocast(cfg, device):
+    """bf16 autocast where the config asks for it (matmuls and convolutions in bf16, losses in float32); else
+    nothing changes."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+
+
 def resolve_device(device="cpu"):
     if isinstance(device, torch.device):
         return device
@@ -303,7 +312,8 @@ def _fit_model(cfg, data, seed, score_at, device):
             xe, ye, ce = norm(xe).to(device), ye.to(device), ce.to(device)
         for i, idx in enumerate(torch.randperm(n, generator=g).to(device).split(cfg.batch_size)):
             set_lr(opt, cfg, epoch * steps + i, cfg.epochs * steps)
-            loss = _losses(cfg, *model(xe[idx]), ye[idx], ce[idx])
+            with autocast(cfg, device):
+                loss = _losses(cfg, *model(xe[idx]), ye[idx], ce[idx])
             opt.zero_grad()
             loss[0].backward()
             opt.step()
@@ -313,8 +323,8 @@ def _fit_model(cfg, data, seed, score_at, device):
         seconds.append(time.perf_counter() - start)
         if epoch + 1 in score_at:
             model.eval()
-            with torch.no_grad():
-                logits[epoch + 1] = (model(x)[0], model(ex)[0])
+            with torch.no_grad(), autocast(cfg, device):
+                logits[epoch + 1] = (model(x)[0].float(), model(ex)[0].float())
     return history, seconds, logits, model
 
 
@@ -368,8 +378,9 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
             set_lr(opt, cfg, epoch * steps + i, cfg.epochs * steps)
             opt.zero_grad()
             for net, sl, rows in zip(nets, slices, block_rows):
-                losses = torch.stack(_losses(cfg, *net.forward(xe[rows, idx[sl]]), ye[rows, idx[sl]],
-                                             ce[rows, idx[sl]]), 1)  # k x (total, main, aux)
+                with autocast(cfg, device):
+                    losses = torch.stack(_losses(cfg, *net.forward(xe[rows, idx[sl]]), ye[rows, idx[sl]],
+                                                 ce[rows, idx[sl]]), 1)  # k x (total, main, aux)
                 losses[:, 0].sum().backward()
                 history[epoch, sl] += losses.detach() * idx.shape[1] / n
             opt.step()
@@ -377,7 +388,7 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
             torch.cuda.synchronize()
         seconds.append((time.perf_counter() - start) / fits)
         if epoch + 1 in score_at:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cfg, device):
                 scores[epoch + 1] = (_errors(nets, slices, x, y, m), _errors(nets, slices, ex, ey, m))
         if on_epoch:
             on_epoch(epoch + 1, score_at[-1])
@@ -408,5 +419,5 @@ def _errors(nets, slices, inputs, targets, m):
         chunk = max(1, (50000 if inputs.device.type == "cuda" else 20000) // net.k)  # bound the activations
         logits.append(torch.cat([net.forward(inputs[sl, i:i + chunk], train=False)[0]
                                  for i in range(0, inputs.shape[1], chunk)], 1))
-    logits = torch.cat(logits).unflatten(0, (-1, m))  # fits x members x n x 2
+    logits = torch.cat(logits).float().unflatten(0, (-1, m))  # fits x members x n x 2 (bf16 autocast: as float32)
     return torch.stack([predict(f) for f in logits]).ne(targets[::m]).float().mean(1)

@@ -107,3 +107,21 @@ def test_bad_options_are_clear_errors():
                             (dict(dropout=1.0), r"dropout must be in \[0, 1\)"), (dict(ensemble=0), "ensemble 1..16")):
         with pytest.raises(ValueError, match=message):
             FitConfig("MLP", **kwargs)
+
+
+@pytest.mark.parametrize("variant,options", [("ConvNet_WS_AL", {}), ("MLP_AL", {}), ("ConvNet", dict(ensemble=2))])
+def test_bf16_stacked_equals_one_at_a_time_at_bf16_tolerance(pairs_1000, variant, options):
+    """The bf16 oracle: with precision=bfloat16 the stacked fits equal the plain ones within bf16 rounding
+    (about 3 significant digits), and training still lowers the loss; float32 stays the default."""
+    assert FitConfig().precision == "float32"
+    cfg = FitConfig(variant, batch_size=40, epochs=3, precision="bfloat16", **options)
+    datas, seeds = fold_data(pairs_1000), [11, 12]
+    stacked = fit_many(cfg, datas[:2], seeds, score_at=(3,))
+    alone = [fit(cfg, data, seed, score_at=(3,)) for data, seed in zip(datas, seeds)]
+    full = fit(FitConfig(variant, batch_size=40, epochs=3, **options), datas[0], seeds[0], score_at=(3,))
+    assert alone[0].train_loss != full.train_loss  # bf16 did change the arithmetic
+    for one, many in zip(alone, stacked):
+        assert many.train_loss == pytest.approx(one.train_loss, rel=3e-2, abs=1e-3)
+        assert many.train_loss[-1] < many.train_loss[0]
+        assert abs(many.eval_error[3] - one.eval_error[3]) <= 4 / 40
+    assert stacked[0].train_loss == pytest.approx(full.train_loss, rel=5e-2, abs=1e-3)  # and near float32
