@@ -271,6 +271,7 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
     """Each published study's training FLOPs (counted from the model of every fit it holds, forward + backward),
     the time those take at this run's float32 matmul ceiling, the pipeline call's wall time (its run.json) and
     the share; a study run on another CPU model gets no share here (a ceiling is measured on its own model)."""
+    from flows.report import records_in
     cpu = cpu_model(machine)
     lines = [LIMITS[0], "## The limit, per published study", "",
              f"Training FLOPs of every fit the study's folder holds (`FitRecord.train_flops`: 3 forward passes of "
@@ -280,9 +281,8 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
              "| study | fits | TFLOP | limit here | wall time (machine) | achieved GFLOP/s | share of the limit |",
              "|---|---|---|---|---|---|---|"]
     for folder in PUBLISHED:
-        records = [r for name in ("search_fits.json", "final_fits.json")
-                   for path in (root / folder / name, root / folder / f"{name}.gz") if path.exists()
-                   for r in R.load_records(path)]
+        paths = [records_in(root / folder, name) for name in ("search_fits.json", "final_fits.json")]
+        records = [r for path in paths if path for r in R.load_records(path)]
         meta = json.loads((root / folder / "run.json").read_text())["meta"]
         flops, wall = sum(r.train_flops for r in records), float(meta["wall_time"].split()[0])
         theirs = cpu_model(meta["machine"])

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pairs import report as R
+from pairs import protocol as P
 from pairs.protocol import Protocol, selection_of
 from pairs.studies import Study
 
@@ -64,8 +65,8 @@ def from_folder(folder, out):
     """A published study folder's report, from the run.json and fit records (.json or .json.gz) it holds."""
     run = json.loads((folder / "run.json").read_text())
     names = ["final_fits.json"] + ([] if run.get("study", {}).get("arms") else ["search_fits.json"])
-    files = {n: next((p for p in (folder / n, folder / f"{n}.gz") if p.exists()), folder / n) for n in names}
-    missing = [str(p) for p in files.values() if not p.exists()]
+    files = {n: records_in(folder, n) for n in names}
+    missing = [str(folder / n) for n, p in files.items() if p is None]
     if missing:
         raise FileNotFoundError(f"no fit records {', '.join(missing)} (or .gz): a folder to rebuild holds run.json "
                                 "and the pipeline's search_fits.json / final_fits.json")
@@ -76,21 +77,25 @@ def from_folder(folder, out):
     return paths
 
 
+def records_in(folder, name):
+    """A published folder's fit records file `name` (search_fits.json, final_fits.json), or its .gz; None if
+    neither is there."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.exists()), None)
+
+
 def rebuild(run, files, out):
     """REPORT.md, tables and figures from run.json's settings and the fit records alone."""
     out.mkdir(parents=True, exist_ok=True)
     study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
         "study", {"path": "", "description": "", "protocol": {}}).items()})
     final = R.load_records(files["final_fits.json"])
-    protocol = Protocol(**{RENAMED.get(k, k): tuple(v) if isinstance(v, list) else v
+    renamed = P.RENAMED | {"epochs": "epoch_grid"}  # (a run.json of before the renames)
+    protocol = Protocol(**{renamed.get(k, k): tuple(v) if isinstance(v, list) else v
                            for k, v in run["protocol"].items()})
     if study.arms:
         return R.arms_report(final, study, protocol, out, run["meta"])
     search = R.load_records(files["search_fits.json"])
     return R.full_report(search, final, selection_of(run["selection"]), protocol, out, run["meta"], study)
-
-
-RENAMED = {"epochs": "epoch_grid", "repair": "re_pair"}  # the protocol's settings in a run.json of before a rename
 
 
 def beside_folders(folders, out):
@@ -100,7 +105,7 @@ def beside_folders(folders, out):
     for folder in folders:
         run = json.loads((folder / "run.json").read_text())
         study = Path(run.get("study", {}).get("path") or "faithful").stem
-        records = next(p for p in (folder / "final_fits.json", folder / "final_fits.json.gz") if p.exists())
+        records = records_in(folder, "final_fits.json")
         where = folder.resolve()  # named as from the project's root, wherever the command runs
         where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
         studies[f"{study} ({where.as_posix()})"] = R.load_records(records)

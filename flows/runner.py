@@ -42,7 +42,8 @@ def task_runner(run):
 
 def remote(runner):
     """Whether groups train in other processes (Dask): they get their threads and data root as parameters."""
-    return type(runner).__name__ == "DaskTaskRunner"
+    from prefect.task_runners import ThreadPoolTaskRunner
+    return not isinstance(runner, ThreadPoolTaskRunner)
 
 
 @contextlib.contextmanager

@@ -229,10 +229,8 @@ def preflight(run):
             check_mnist(root)  # present: complete and intact (a partial folder is named, not downloaded into)
     except DataError as e:
         raise ValueError(str(e)) from None
-    for folder, what in ((run.results, "results folder"), (sqlite_path(tracking_uri()), "tracking store")):
-        if folder and not writable(Path(folder) if what == "results folder" else Path(folder).parent):
-            raise ValueError(f"the {what} {folder} is not writable" + (
-                "; set MLFLOW_TRACKING_URI to a writable location" if what == "tracking store" else ""))
+    if run.results and not writable(Path(run.results)):
+        raise ValueError(f"the results folder {run.results} is not writable")
     check_tracking(tracking_uri())
     check_cluster(run)
 
@@ -288,9 +286,12 @@ def sqlite_path(uri):
 
 
 def check_tracking(uri):
-    """A server must answer within seconds (not after minutes of retries); the plain file store is refused."""
+    """A local store's folder must take a file; a server must answer within seconds (not after minutes of
+    retries); the plain file store is refused."""
     if sqlite_path(uri):
-        return  # preflight tried its folder
+        if not writable(sqlite_path(uri).parent):
+            raise ValueError(f"the tracking store {uri} is not writable; set MLFLOW_TRACKING_URI to a writable "
+                             "location")
     elif uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
