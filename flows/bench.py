@@ -149,17 +149,43 @@ print(time.perf_counter() - t)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+STACKS = (1, 2, 5, 10, 20)  # fits per unit whose one-thread speed is measured
+CHUNKS = (None, 20, 10, 5, 2, 1)  # --chunk values simulated (None: groups whole)
+WORKERS = (1, 2, 4, 8, 16, 64)
+
+
+def stack_seconds(epochs=2):
+    """One-thread seconds per fit-epoch of a unit of s fits (search fits of the full protocol: 900 training pairs),
+    per (architecture, batch size) of the full grid and s in STACKS; the last epoch's (the first warms up)."""
+    full, p = PROFILES["full"], pair_sets(1000, seed=2021)
+    n_train = 1000 - 1000 // full.folds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {(a, b, k): fit_many(FitConfig(a, b, epochs), [data(p, n_train)] * k, list(range(k)))[0]
+                .epoch_seconds[-1] for a in full.architectures for b in full.batch_sizes for k in STACKS}  # per fit
+    finally:
+        torch.set_num_threads(threads)
+
+
+def per_fit(stacks, arch, batch, k):
+    """Seconds per fit-epoch in a unit of k fits: the measured stack nearest below k, at the nearest batch size."""
+    b = min({b for a, b, _ in stacks if a == arch}, key=lambda x: abs(x - batch))
+    return stacks[(arch, b, max(s for s in STACKS if s <= k))]
+
+
 def dask_comparison(epochs):
     """(6) The full protocol's ConvNet and MLP search cells at batch 100, cut to `epochs` epochs: trained here as
-    whole cells (2 threads), each one-round chunk alone on one thread (the task durations), and every chunk
-    through the pipeline's `train` task on `--workers 2` (a local prefect_dask cluster, one thread each)."""
+    whole cells (2 threads), each one-round unit (10 fits) alone on one thread, and every unit through the
+    pipeline's `train` task on a local prefect_dask cluster of 1 and of 2 one-thread workers."""
     from prefect import flow
 
     from flows.runner import started as running
     from flows.tasks import train
     from flows.settings import Run
     full = PROFILES["full"].with_(batch_sizes=(100,), epoch_grid=(epochs,))
-    cells, chunks = P.search_groups(full), P.search_groups(full, chunk=1)
+    cells = P.search_groups(full)
+    units = P.split(cells, full.folds)
     for g in cells[:1]:  # load the data once, outside the timings
         P.fit_data(g.fits[0])
     t = time.perf_counter()
@@ -168,32 +194,31 @@ def dask_comparison(epochs):
     in_process = time.perf_counter() - t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    durations = {}
-    for g in chunks:
-        t = time.perf_counter()
+    t = time.perf_counter()
+    for g in units:
         P.train_group(g)
-        durations.setdefault(g.fits[0].variant, []).append(time.perf_counter() - t)
+    one_thread = time.perf_counter() - t
     torch.set_num_threads(threads)
-    context = ("bench", time.time())  # keys of their own: nothing comes from the cache
-
-    def submit(runner, groups):
-        return [runner.submit(train, {"group": g, "context": context, "root": str(data_root()), "device": "cpu",
-                                      "threads": 1}) for g in groups]
 
     @flow
-    def on_workers():
+    def on_workers(n):
+        context = ("bench", time.time())  # keys of their own: nothing comes from the cache
+
+        def submit(runner, groups):
+            return [runner.submit(train, {"group": g, "context": context, "root": str(data_root()),
+                                          "device": "cpu", "threads": 1}) for g in groups]
         t = time.perf_counter()
-        with running(Run(workers=2), []) as runner:  # workers start, import torch, load the data
-            [f.result() for f in submit(runner, P.search_groups(full.with_(epoch_grid=(1,)), chunk=1)[:2])]
+        with running(Run(workers=n), []) as runner:  # workers start, import torch, load the data
+            [f.result() for f in submit(runner, P.split(P.search_groups(full.with_(epoch_grid=(1,))), 1)[:n])]
             started = time.perf_counter() - t
             t = time.perf_counter()
-            [f.result() for f in submit(runner, chunks)]
+            [f.result() for f in submit(runner, units)]
             return started, time.perf_counter() - t
-    started, on_two = on_workers()
-    work = sum(sum(d) for d in durations.values())
-    overhead = max(0.0, (2 * on_two - work) / len(chunks))  # per task, beyond its training
-    return {"in_process": in_process, "two_workers": on_two, "cluster_start": started, "chunks": len(chunks),
-            "durations": durations, "one_thread_work": work, "task_overhead": overhead, "epochs": epochs}
+    started, on_one = on_workers(1)
+    _, on_two = on_workers(2)
+    return {"in_process": in_process, "one_worker": on_one, "two_workers": on_two, "cluster_start": started,
+            "units": len(units), "one_thread_work": one_thread, "epochs": epochs,
+            "task_overhead": max(0.0, (on_one - one_thread) / len(units))}  # per task, beyond its training
 
 
 def makespan(durations, workers):
@@ -204,67 +229,231 @@ def makespan(durations, workers):
     return max(free)
 
 
-def simulate(stages, workers, overhead, start):
-    """Wall time of stages run one after another (each waits for the last), their units spread over workers."""
-    return start + sum(makespan([d + overhead for d in units], workers) for units in stages)
+def asked(trials, slots, workers, overhead):
+    """Wall time of an Optuna search keeping `slots` trials per architecture in flight, the next asked as soon as
+    one ends (flows.search): `trials` {architecture: [[unit seconds, ...] per trial, in ask order]}; units go to
+    free workers in the order they were asked."""
+    import collections
+    import heapq
+    now, queue, running, left, asks = 0.0, collections.deque(), [], {}, {a: 0 for a in trials}
+
+    def ask(a):
+        i = asks[a]
+        asks[a] += 1
+        left[(a, i)] = len(trials[a][i])
+        queue.extend(((a, i), d) for d in trials[a][i])
+    for a in trials:
+        for _ in range(min(slots, len(trials[a]))):
+            ask(a)
+    idle = workers
+    while queue or running:
+        while idle and queue:
+            t, d = queue.popleft()
+            heapq.heappush(running, (now + d + overhead, t))
+            idle -= 1
+        now, t = heapq.heappop(running)
+        idle += 1
+        left[t] -= 1
+        if not left[t] and asks[t[0]] < len(trials[t[0]]):
+            ask(t[0])
+    return now
 
 
-def scaling(measured, extended_records=None):
-    """Stages of units (seconds on one thread) of the full study and, from its recorded fits, the extended
-    study; the simulated wall time on 1-64 workers."""
-    full = PROFILES["full"]
-    per_fit_epoch = {v: sum(d) / len(d) / (full.folds * measured["epochs"]) for v, d in measured["durations"].items()}
-    search = [per_fit_epoch[a] * full.folds * max(full.epoch_grid) for a in full.architectures
-              for _ in full.batch_sizes for _ in range(full.search_rounds)]
-    final = [per_fit_epoch[parse(v)[0]] * full.final_rounds * STUDY_BATCH[parse(v)[0]][1] for v in VARIANTS]
-    studies = {"full study (one-round search chunks)": [search, final]}
-    if extended_records:  # one unit per trial group and per final variant; batches of trials wait for each other
-        one_thread = measured["one_thread_work"] / (2 * measured["in_process"])  # 1-thread vs 2-thread speed
+def scaling(m, stacks, extended_records=None):
+    """Simulated wall time (seconds) on each worker count and --chunk, for the full study (grid search, then the
+    final rounds) and, from its recorded fits, the extended study (the Optuna search as flows.search asks it, then
+    the final rounds). Unit seconds: one thread, from `stacks` at the unit's size; the extended study's recorded
+    seconds (2 threads, in the stacks it ran in) scaled by the measured 1-thread/2-thread ratio and the stack-size
+    ratio of its architecture's plain model."""
+    full, extra = PROFILES["full"], m["task_overhead"]
+    ratio = m["one_thread_work"] / m["in_process"]  # one thread's seconds per second of two
+
+    def units(n, chunk, each):  # `each(k)`: seconds of one fit in a unit of k
+        k = min(chunk or n, n)
+        return [each(min(k, n - i)) * min(k, n - i) for i in range(0, n, k)]
+
+    def full_stages(chunk):
+        search = [d for a in full.architectures for b in full.batch_sizes for d in units(
+            full.search_rounds * full.folds, chunk, lambda k, a=a, b=b: per_fit(stacks, a, b, k) * max(full.epoch_grid))]
+        final = [d for v in VARIANTS for d in units(full.final_rounds, chunk, lambda k, v=v: per_fit(
+            stacks, parse(v)[0], STUDY_BATCH[parse(v)[0]][0], k) * STUDY_BATCH[parse(v)[0]][1])]
+        return search, final
+
+    out = {"full study": {c: {w: m["cluster_start"] + sum(makespan([d + extra for d in s], w) for s in full_stages(c))
+                              for w in WORKERS} for c in CHUNKS}}
+    longest = {"full study": {c: max(max(s) for s in full_stages(c)) for c in CHUNKS}}
+    if extended_records:
         groups = {}
         for r in extended_records:
-            groups.setdefault((r.stage, r.variant, r.config, r.round if r.stage == "search" else None), []).append(r)
-        units = {k: sum(r.s_per_epoch * r.config.epochs for r in rs) * one_thread for k, rs in groups.items()}
-        search_units = [d for k, d in units.items() if k[0] == "search"]
-        batch = 8  # 4 trials per architecture are asked at a time
-        studies["extended study (Optuna batches of 4 trials per architecture)"] = [
-            search_units[i:i + batch] for i in range(0, len(search_units), batch)] + [
-            [d for k, d in units.items() if k[0] == "final"]]
-    return {name: {w: simulate(stages, w, measured["task_overhead"], measured["cluster_start"])
-                   for w in (1, 2, 4, 8, 16, 64)} for name, stages in studies.items()}, studies
+            groups.setdefault((r.stage, r.variant, r.config), []).append(r)
+
+        def seconds(rs, chunk):  # one thread, in units of `chunk` fits
+            a, b, m_ = parse(rs[0].variant)[0], rs[0].config.batch_size, rs[0].config.ensemble
+            ran = per_fit(stacks, a, b, len(rs) * m_)
+            return units(len(rs), chunk, lambda k: statistics.mean(r.s_per_epoch * r.config.epochs for r in rs)
+                         * ratio * per_fit(stacks, a, b, k * m_) / ran)
+
+        def extended(chunk, w):
+            trials = {}
+            for (stage, v, _), rs in groups.items():
+                if stage == "search":
+                    trials.setdefault(parse(v)[0], []).append([d + extra for d in seconds(rs, chunk)])
+            final = [d + extra for (stage, *_), rs in groups.items() if stage == "final" for d in seconds(rs, chunk)]
+            slots = max(4, -(-w // len(trials)))
+            return m["cluster_start"] + asked(trials, slots, w, 0.0) + makespan(final, w)
+        out["extended study"] = {c: {w: extended(c, w) for w in WORKERS} for c in CHUNKS}
+        longest["extended study"] = {c: max(d for rs in groups.values() for d in seconds(rs, c)) for c in CHUNKS}
+    return out, longest
 
 
 def dask_lines(epochs):
-    m = dask_comparison(epochs)
+    m, stacks = dask_comparison(epochs), stack_seconds()
     extended = Path(__file__).resolve().parent.parent / "docs" / "results" / "extended"
     records = [r for name in ("search_fits.json", "final_fits.json") if (extended / name).exists()
                for r in R.load_records(extended / name)]
-    table, studies = scaling(m, records)
-    lines = ["", "## More machines: Dask workers (CPU, measured, then simulated)", "",
-             f"Two search cells of the full protocol (ConvNet and MLP, batch 100, 100 fits each, cut to {epochs} "
-             f"epochs), {m['chunks']} one-round chunks through the pipeline's `train` task:", "",
+    table, longest = scaling(m, stacks, records)
+    chunk = lambda c: "whole groups" if c is None else f"`--chunk {c}`"
+    lines = [SCALING[0], "## More machines: Dask workers (CPU, measured, then simulated)", "",
+             f"- Machine: {describe_machine(torch.device('cpu'))}",
+             f"- Command: `python -m flows bench --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
+             "this one run.", "",
+             f"The full protocol's ConvNet and MLP search cells at batch 100 (100 fits each, cut to {epochs} epochs), "
+             f"in {m['units']} units of one round (10 fits):", "",
              f"- in this process, whole cells, {torch.get_num_threads()} threads: **{m['in_process']:.1f} s**",
-             f"- `--workers 2` (local prefect_dask cluster, one thread each), training only: "
-             f"**{m['two_workers']:.1f} s** (ratio {m['two_workers'] / m['in_process']:.2f}); starting the "
-             f"cluster and a first task on each worker: {m['cluster_start']:.1f} s",
-             f"- the chunks one after another on one thread: {m['one_thread_work']:.1f} s; per-task overhead on a "
-             f"worker beyond training (Prefect task engine, transfer of the records): {m['task_overhead']:.2f} s",
-             "", "Simulated wall time (list scheduling of the measured one-thread task durations, scaled to each "
-             "group's fits and epochs, plus that overhead per task and the cluster start; stages wait for each other):",
-             "", "| study | units | " + " | ".join(f"{w} workers" for w in (1, 2, 4, 8, 16, 64)) + " |",
-             "|---|---|" + "---|" * 6]
-    for name, walls in table.items():
-        units = sum(len(s) for s in studies[name])
-        lines.append(f"| {name} | {units} in {len(studies[name])} stages | " + " | ".join(
-            f"{walls[w] / 60:.1f} min" for w in walls) + " |")
-    for name, stages in studies.items():
-        longest = max(max(s) for s in stages)
-        lines.append(f"- {name}: its longest unit takes {longest / 60:.1f} min on one thread, a floor no worker "
-                     f"count goes below; the stages it waits on: {len(stages)}")
-    return lines
+             f"- `--workers 2` (local prefect_dask cluster, one thread each): **{m['two_workers']:.1f} s** "
+             f"(ratio {m['two_workers'] / m['in_process']:.2f} to this process)",
+             f"- `--workers 1`: {m['one_worker']:.1f} s; the same units one after another in this process on one "
+             f"thread: {m['one_thread_work']:.1f} s, so a task costs {m['task_overhead']:.2f} s beyond its training; "
+             f"starting a cluster and a first task on each worker: {m['cluster_start']:.1f} s",
+             "", "One thread's seconds per fit-epoch by fits per unit (search fits, 900 training pairs):", "",
+             "| architecture | batch | " + " | ".join(f"{k} fits" for k in STACKS) + " |", "|---|---|" + "---|" * len(STACKS)]
+    for a, b in sorted({(a, b) for a, b, _ in stacks}):
+        lines.append(f"| {a} | {b} | " + " | ".join(f"{stacks[(a, b, k)]:.3f}" for k in STACKS) + " |")
+    lines += ["", "Simulated wall time (units of one thread, from the table above; that cost per task and the cluster "
+              "start added; the full study's search is one stage, the extended study's Optuna search keeps "
+              "max(4, workers / 2) trials per architecture in flight and asks the next as one ends; the final "
+              "rounds wait for the search):", "",
+              "| study | units | longest unit | " + " | ".join(f"{w} worker{'s' * (w > 1)}" for w in WORKERS) + " |",
+              "|---|---|---|" + "---|" * len(WORKERS)]
+    for name, by_chunk in table.items():
+        for c, walls in by_chunk.items():
+            lines.append(f"| {name} | {chunk(c)} | {longest[name][c] / 60:.1f} min | " + " | ".join(
+                f"{walls[w] / 60:.1f} min" for w in WORKERS) + " |")
+    for name, by_chunk in table.items():
+        for w in (16, 64):
+            best = min(by_chunk, key=lambda c: by_chunk[c][w])
+            lines.append(f"- {name} on {w} workers: best with {chunk(best)}, {by_chunk[best][w] / 60:.1f} min")
+    return lines + [SCALING[1]]
+
+
+LEVERS = ("<!-- levers: python -m flows bench --levers -->", "<!-- /levers -->")
+
+
+def _unfold_conv(mods, device):
+    """A stacked Conv2d as unfold + one batched matmul per fit (the lever measured against grouped convolution)."""
+    import torch.nn.functional as F
+
+    from pairs import stacked
+    layout, conv, params, back = stacked._conv(mods, device)
+    w, b = params
+    first = mods[0]
+
+    def op(h, M, train):
+        G, _, H, W = h.shape
+        cols = F.unfold(h, first.kernel_size, first.dilation, first.padding, first.stride)  # (G, M*Cin*k*k, L)
+        L = cols.shape[-1]
+        cols = cols.view(G, M, -1, L).permute(1, 0, 3, 2).reshape(M, G * L, -1)  # (M, G*L, Cin*k*k)
+        out = torch.bmm(cols, w.view(M, first.out_channels, -1).transpose(1, 2))  # (M, G*L, Cout)
+        if b is not None:
+            out = out + b.view(M, 1, -1)
+        Ho = (H + 2 * first.padding[0] - first.dilation[0] * (first.kernel_size[0] - 1) - 1) // first.stride[0] + 1
+        return out.view(M, G, Ho, -1, first.out_channels).permute(1, 0, 4, 2, 3).reshape(
+            G, M * first.out_channels, Ho, -1).contiguous(memory_format=stacked.IMAGE_FORMAT)
+    return layout, op, params, back
+
+
+def _fits_per_second(args):
+    """(in a process of its own) fits x epochs / seconds of `k` fits trained stacked on one thread."""
+    variant, batch, k, epochs = args
+    torch.set_num_threads(1)
+    p = pair_sets(1000, seed=2021)
+    fit_many(FitConfig(variant, batch, 1), [data(p, 900)] * k, list(range(k)))  # warm-up
+    t = time.perf_counter()
+    fit_many(FitConfig(variant, batch, epochs), [data(p, 900)] * k, list(range(k)))
+    return time.perf_counter() - t
+
+
+def levers(ceiling, epochs=4, k=20):
+    """Per-fit s/epoch of k stacked search fits (900 training pairs) as the pipeline trains them, and with each
+    lever; ratios to the pipeline's way, all in this run. Returns the section's lines."""
+    import contextlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from torch import nn
+
+    from pairs import stacked
+    p = pair_sets(1000, seed=2021)
+
+    def seconds(variant, batch, **options):
+        r = fit_many(FitConfig(variant, batch, epochs, **options), [data(p, 900)] * k, list(range(k)))
+        return statistics.median(r[0].epoch_seconds[1:])
+
+    @contextlib.contextmanager
+    def patched(obj, name, value):
+        before = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            yield
+        finally:
+            setattr(obj, name, before)
+
+    def compiled():
+        torch._dynamo.reset()
+        return patched(stacked.Stacked, "forward", torch.compile(stacked.Stacked.forward, dynamic=False))
+
+    ways = {"the pipeline's way (grouped convolution, channels-last, float32, 2 threads)": contextlib.nullcontext,
+            "NCHW layout instead of channels-last": lambda: patched(stacked, "IMAGE_FORMAT", torch.contiguous_format),
+            "convolution as unfold + batched matmul": lambda: patched(stacked, "LAYERS", stacked.LAYERS | {
+                nn.Conv2d: _unfold_conv}),
+            "torch.compile of the stacked forward (inductor)": compiled,
+            "bf16 autocast (precision = bfloat16)": "bfloat16"}
+    cells = [("ConvNet", 100), ("ConvNet", 25), ("MLP", 25), ("MLP", 100)]
+    rows = {}
+    for name, way in ways.items():
+        for variant, batch in cells:
+            if way == "bfloat16":
+                rows[(name, variant, batch)] = seconds(variant, batch, precision="bfloat16")
+                continue
+            with way():
+                rows[(name, variant, batch)] = seconds(variant, batch)
+    name = "two processes of one thread, k/2 fits each, at once"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for variant, batch in cells:
+            walls = list(pool.map(_fits_per_second, [(variant, batch, k // 2, epochs)] * 2))
+            rows[(name, variant, batch)] = max(walls) / (k * epochs)
+    base = next(iter(ways))
+    lines = [LEVERS[0], "## Levers (CPU, measured)", "",
+             f"- Machine: {describe_machine(torch.device('cpu'))}; float32 matmul ceiling **{ceiling:.0f} GFLOP/s** "
+             "in this run",
+             f"- Command: `python -m flows bench --levers` ({time.strftime('%Y-%m-%d')}): {k} search fits (900 "
+             f"training pairs) trained stacked, median of epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training "
+             "FLOPs counted from the model) and its ratio to the pipeline's way in the same cell.", "",
+             "| way | " + " | ".join(f"{v} b{b}" for v, b in cells) + " |", "|---|" + "---|" * len(cells)]
+    for way in [*ways, name]:
+        cells_text = []
+        for variant, batch in cells:
+            t = rows[(way, variant, batch)]
+            g = train_flops(variant, 900) / t / 1e9
+            cells_text.append(f"{1000 * t:.1f} ms, {g:.0f} GFLOP/s ({100 * g / ceiling:.0f}%)" + (
+                "" if way == base else f", {rows[(base, variant, batch)] / t:.2f}x"))
+        lines.append(f"| {way} | " + " | ".join(cells_text) + " |")
+    return lines + [LEVERS[1]]
 
 
 PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended")
 LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
+SCALING = ("<!-- scaling: python -m flows bench --scaling -->", "<!-- /scaling -->")
 
 
 def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
@@ -297,13 +486,13 @@ def cpu_model(machine):
     return machine.split(" cores (", 1)[1].split("), torch", 1)[0]
 
 
-def write_limits(out, lines):
-    """The limits section into `out`, in place of the one there (or at its end)."""
+def write_section(out, lines, markers=LIMITS):
+    """A section (its lines start and end with `markers`) into `out`, in place of the one there (or at its end)."""
     text = out.read_text() if out.exists() else ""
     section = "\n".join(lines)
-    if LIMITS[0] in text:
-        head, rest = text.split(LIMITS[0], 1)
-        text = head + section + rest.split(LIMITS[1], 1)[1]
+    if markers[0] in text:
+        head, rest = text.split(markers[0], 1)
+        text = head + section + rest.split(markers[1], 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     out.write_text(text)
@@ -320,11 +509,24 @@ def main(argv):
                     help="also train the whole full protocol (search, selection, final) once and time it")
     ap.add_argument("--limits", action="store_true", help="only measure the ceiling and write the per-study limit "
                     "table (from the published folders' records) into --out")
+    ap.add_argument("--levers", action="store_true", help="only measure the speed levers and write their section "
+                    "into --out")
+    ap.add_argument("--scaling", action="store_true", help="only measure (6) and write the Dask section into --out")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    if args.levers:
+        lines = levers(matmul_gflops(device))
+        write_section(args.out, lines, LEVERS)
+        print("\n".join(lines))
+        return 0
+    if args.scaling:
+        lines = dask_lines(args.dask_epochs)
+        write_section(args.out, lines, SCALING)
+        print("\n".join(lines))
+        return 0
     if args.limits:
         lines = limits(matmul_gflops(device), describe_machine(device))
-        write_limits(args.out, lines)
+        write_section(args.out, lines)
         print("\n".join(lines))
         return 0
     full = PROFILES["full"]

@@ -22,7 +22,7 @@ from .lifetime import ended, guard_child
 from .prefect_artifacts import link_prefect, publish_table2
 from .progress import Progress, planned
 from .report import writer
-from .runner import started
+from .runner import started, workers
 from .search import optuna_search
 from .settings import make_protocol, preflight, settings_as_parameters, validate
 from .stages import Work, stage
@@ -68,7 +68,7 @@ def pipeline(**settings):
         search_groups, guessed = planned(protocol, study, run)
         progress = Progress(search_groups + guessed)
         if study.method == "optuna":
-            search = optuna_search(study, protocol, w, progress)
+            search = optuna_search(study, protocol, w, progress, workers(w.runner))
         else:
             search = stage("search", search_groups, w, progress, R.search_artifacts)
         selection = select(search)

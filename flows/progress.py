@@ -16,7 +16,7 @@ def planned(protocol, study, run):
     """What a call plans to train, for the totals: the search's groups (an Optuna search: each trial those of a
     typical candidate) and the final stage's under a stand-in selection (the real ones replace both later)."""
     candidates = study.candidates() if study.method == "grid" else [study.typical()] * study.trials
-    search = P.search_groups(protocol, candidates, run.chunk)
+    search = P.search_groups(protocol, candidates)
     guessed = [] if run.until == "search" else P.final_groups(protocol, P.selection_of({a: {
         "batch_size": min(protocol.batch_sizes), "epochs": max(protocol.epoch_grid)} | (
         {"variant": a} if "variant" in dict(study.space) else {}) | study.final for a in protocol.architectures}))

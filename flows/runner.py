@@ -46,6 +46,11 @@ def remote(runner):
     return not isinstance(runner, ThreadPoolTaskRunner)
 
 
+def workers(runner):
+    """How many groups the runner trains at once: 1 in this process, else the Dask cluster's workers now."""
+    return len(runner.client.scheduler_info()["workers"]) if remote(runner) else 1
+
+
 @contextlib.contextmanager
 def started(run, submitted):
     """The call's runner, entered (a local cluster started). On the way out a group training in this process stops
@@ -64,6 +69,20 @@ def started(run, submitted):
         if remote(runner):
             _crash_open_task_runs(list(submitted), e)
         raise
+
+
+def fast_malloc():
+    """Called by a group's task on a Dask worker. Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536,
+    which turns off glibc's growing mmap threshold: every large tensor torch allocates is then mapped and faulted
+    in afresh, and training runs 1.6x slower (a search unit on one thread: 12.3 s against 7.9 s). This sets the
+    thresholds that growth would reach (mmap above 32 MiB, trim above 64 MiB); a no-op where libc is not glibc."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
 
 
 @contextlib.contextmanager

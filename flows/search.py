@@ -1,4 +1,4 @@
-"""A study's Optuna search: a TPE study per architecture, asked a batch of trials at a time.
+"""A study's Optuna search: a TPE study per architecture, asked a new trial whenever one ends.
 
 Each trial's groups train as cached tasks (flows.stages) and log their fits under the trial's MLflow run; then the
 trials are told their values (the lowest mean validation error of their rows). The Optuna studies live in
@@ -15,12 +15,17 @@ from pairs import report as R
 from pairs.data import derive_seed
 
 from .settings import optuna_storage
-from .stages import train_groups
+from .runner import remote
+from .stages import collect, submit
 from .tasks import write_artifacts
 
 
-def optuna_search(study, protocol, w, progress):
-    """The search's fit records, trial by trial, under a `search` stage run."""
+def optuna_search(study, protocol, w, progress, workers=1):
+    """The search's fit records, trial by trial, under a `search` stage run. Each architecture keeps `slots` trials
+    in flight (the study's `batch`, or more when the runner has more workers) and asks a new one as soon as one
+    ends (TPE with a constant liar: the trials in flight count as their worst). In this process trials end in
+    the order asked, so the sequence of asks and tells, and the results, are the same every time; on Dask the
+    first trial to end is told first."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,52 +34,56 @@ def optuna_search(study, protocol, w, progress):
                                       default=str).encode()).hexdigest()[:12]
     studies = {a: optuna.create_study(
         study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage, load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(  # random for the first half (at most 10), a batch at a time
+        sampler=optuna.samplers.TPESampler(  # random for the first half (at most 10)
             seed=derive_seed(protocol.seed, "optuna", a) % 2**32, constant_liar=True,
             n_startup_trials=min(10, max(study.batch, study.trials // 2)))) for a in protocol.architectures}
-    typical = P.search_groups(protocol, [study.typical()], w.chunk)  # in the totals until a batch is asked
+    slots = max(study.batch, -(-workers // len(studies)))
+    typical = P.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
     run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
-    records, seen = [], set()
-    while batch := _next_batch(studies, study, seen):
-        trials, groups, parents = [], [], []  # the batch's groups train together (in parallel on Dask)
-        for a, number, candidate, tell in batch:
-            seen.add((a, number))
-            name = f"trial {a} {number}"
-            trial_run = w.tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
-            mine = P.search_groups(protocol, [candidate], w.chunk)
-            trials.append((a, number, candidate, tell, name, trial_run, len(mine)))
-            groups += mine
-            parents += [trial_run] * len(mine)
-        progress.plan(groups, [g for a, *_ in batch for g in typical if P.parse(g.fits[0].variant)[0] == a])
-        got = train_groups(groups, parents, w, progress)
-        for a, number, candidate, tell, name, trial_run, n in trials:
-            k = sum(len(g.fits) for g in groups[:n])  # this trial's records: its groups' fits, in order
-            mine, got, groups = got[:k], got[k:], groups[n:]
-            best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
-            if tell:
-                studies[a].tell(number, best["val_error_mean"])
-            w.tracker.end_trial(trial_run, best)
-            print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
-                  f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
-            records += mine
+    records, flying = [], []
+
+    def start(a, number, candidate, tell):
+        name = f"trial {a} {number}"
+        trial_run = w.tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
+        groups = P.search_groups(protocol, [candidate])
+        progress.plan(groups, [g for g in typical if P.parse(g.fits[0].variant)[0] == a])
+        flying.append((a, number, candidate, tell, name, trial_run, submit(groups, trial_run, w, progress)))
+
+    for a, s in studies.items():  # what an earlier call left: finished trials (from the cache), those in flight
+        for t in s.get_trials(deepcopy=False):
+            start(a, t.number, study.suggest(optuna.trial.FixedTrial(t.params), a),
+                  t.state == optuna.trial.TrialState.RUNNING)
+    while True:
+        for a, s in studies.items():
+            while sum(f[0] == a for f in flying) < slots and len(s.trials) < study.trials:
+                t = s.ask()
+                start(a, t.number, study.suggest(t, a), True)
+        if not flying:
+            break
+        a, number, candidate, tell, name, trial_run, parts = flying.pop(_first_to_end(flying, remote(w.runner)))
+        mine = collect(parts, w, progress)
+        best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
+        if tell:
+            studies[a].tell(number, best["val_error_mean"])
+        w.tracker.end_trial(trial_run, best)
+        print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
+              f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
+        records += mine
+    [f.result() for f in w.logging]
     write_artifacts(w.tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
     w.tracker.end(run_id)
     return records
 
 
-def _next_batch(studies, study, seen):
-    """(architecture, trial number, candidate, whether to tell it) of the trials to train next: those an earlier
-    call left (finished ones come from the cache, running ones are told this time), then up to `study.batch` new
-    ones per architecture."""
-    import optuna
-
-    batch = []
-    for a, s in studies.items():
-        for t in s.get_trials(deepcopy=False):
-            if (a, t.number) not in seen:
-                running = t.state == optuna.trial.TrialState.RUNNING
-                batch.append((a, t.number, study.suggest(optuna.trial.FixedTrial(t.params), a), running))
-        for _ in range(min(study.batch, study.trials - len(s.trials))):
-            t = s.ask()
-            batch.append((a, t.number, study.suggest(t, a), True))
-    return batch
+def _first_to_end(flying, far):
+    """The index of the trial to tell next: the first asked (in this process, where trials train in that order), or
+    on Dask the first whose parts have all ended."""
+    if not far:
+        return 0
+    from prefect.futures import as_completed
+    futures = [f for *_, parts in flying for _, _, f in parts]
+    for _ in as_completed(futures):
+        for i, (*_, parts) in enumerate(flying):
+            if all(f.state.is_final() for _, _, f in parts):
+                return i
+    return 0

@@ -48,8 +48,9 @@ class Run:
     cluster: str | None = option(None, "train on a running Dask cluster: its scheduler (tcp://HOST:8786); needs a "
                                        "Prefect server (PREFECT_API_URL)")
     workers: int | None = option(None, "train on a local Dask cluster of this many one-thread worker processes")
-    chunk: int | None = option(None, "rounds per search unit of work (default: a whole grid cell); smaller chunks "
-                                     "give more workers work, with the same results")
+    chunk: int | None = option(None, "fits per unit of work, search and final (default: a group whole: a search "
+                                     "cell or trial, a final variant); smaller units give more workers work, with "
+                                     "the same results")
     fail_first: str | None = option(None, "to watch a retry: the first attempt of each group whose name contains "
                                           "this text fails, and Prefect retries it (e.g. 'final MLP_WS')")
     results: str | None = option(None, "folder of the cached task results (default: .cache/prefect); one that every "

@@ -1,6 +1,6 @@
 """A stage of the pipeline: its groups submitted to the call's runner as cached tasks, their fits logged under the
 stage's MLflow run (the final stage: under a row run per configuration), its tables and figures written."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pairs import protocol as P
@@ -23,7 +23,7 @@ class Work:
     device: str
     context: tuple = ()
     runner: object = None
-    chunk: int | None = None
+    chunk: int | None = None  # fits per unit of work (None: groups whole)
     results: str | None = None  # a results folder other than PREFECT_RESULTS_LOCAL_STORAGE_PATH's
     fail_first: str | None = None  # groups whose first attempt fails (to watch a retry)
     submitted: list = field(default_factory=list)  # the task run ids of the groups submitted
@@ -35,9 +35,18 @@ class Work:
 
 
 def train_groups(groups, parents, w, progress):
-    """Train groups (cached tasks) and log their fits, with the models a group keeps, under `parents` (a run id,
-    or one per group). Every group is submitted at once; the results are taken in order as they come."""
+    """Train groups (cached tasks, in parts of `w.chunk` fits) and log their fits, with the models a group keeps,
+    under `parents` (a run id, or one per group). Every part is submitted at once; the records, in the groups'
+    order, once every fit is logged."""
+    records = collect(submit(groups, parents, w, progress), w, progress)
+    [f.result() for f in w.logging]
+    return records
+
+
+def submit(groups, parents, w, progress):
+    """The groups' parts submitted to the call's runner: [(part, parent, future)]."""
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
+    parts = [(part, parent) for g, parent in zip(groups, parents) for part in P.split([g], w.chunk)]
     far = remote(w.runner)
 
     def hook(group):  # epochs trained in this process: progress lines, and where a stop takes effect
@@ -45,10 +54,15 @@ def train_groups(groups, parents, w, progress):
     with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
         futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
                                              "on_epoch": hook(g), "threads": 1 if far else None,
-                                             "fail_first": w.fail_first}) for g in groups]
+                                             "fail_first": w.fail_first}) for g, _ in parts]
         w.submitted += [f.task_run_id for f in futures]
-    records, first_log = [], len(w.logging)
-    for group, parent, future in zip(groups, parents, futures):
+    return [(g, parent, f) for (g, parent), f in zip(parts, futures)]
+
+
+def collect(submitted, w, progress):
+    """The records of submitted parts, taken in order as they come; their fits' logging submitted (`w.logging`)."""
+    records = []
+    for group, parent, future in submitted:
         out, cached = outcome(future)
         progress.end(group, cached)
         got = [FitRecord.from_json(d) for d in out["records"]]
@@ -58,15 +72,12 @@ def train_groups(groups, parents, w, progress):
             w.logging.append(tasks.log_fits.submit(w.tracker, got, parent, w.context, fits_label(group), models,
                                                    example))
         records += got
-    [f.result() for f in w.logging[first_log:]]
     return records
 
 
 def fits_label(group):
-    """What a group's fit runs are named after: its label without a search chunk's rounds (each fit's round and
-    fold follow it)."""
-    f = group.fits[0]
-    return group.label.replace(f" {group.name}", "") if f.stage == "search" and group.name else group.label
+    """What a group's fit runs are named after: its label without the part (each fit's round and fold follow it)."""
+    return replace(group, part="").label
 
 
 def stage(name, groups, w, progress, artifacts):

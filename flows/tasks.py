@@ -20,7 +20,7 @@ from pairs import protocol as P
 from pairs.data import DataError, check_mnist, ensure_mnist, mnist_fingerprint
 from pairs.train import pack_model, resolve_device
 
-from .runner import retry_unless_stopping
+from .runner import fast_malloc, retry_unless_stopping
 from .tracking import RunsEnded
 
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
@@ -57,8 +57,9 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
     try:
         if fail_first and fail_first in group.label and task_run.run_count <= 1:
             raise RuntimeError(f"its first attempt fails on purpose (--fail-first {fail_first!r}); Prefect retries it")
-        if threads:  # on a worker: its own threads, data and device
+        if threads:  # on a worker: its own threads, allocator, data and device
             torch.set_num_threads(threads)
+            fast_malloc()
             try:
                 check_mnist(root)
                 resolve_device(device)

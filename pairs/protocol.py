@@ -193,8 +193,9 @@ class Choice:
 class Group:
     """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
     fits: tuple[Fit, ...]
-    name: str = ""  # an arm's name, or a search chunk's rounds: shown in the label; not part of the key
+    name: str = ""  # an arm's name: shown in the label; not part of the key
     keep: bool = False  # training returns the fits' models too (a selected configuration's final rounds)
+    part: str = ""  # a part of a group (`split`): "fits 1-10 of 100"; shown in the label
 
     @property
     def label(self):
@@ -206,19 +207,26 @@ class Group:
             label = f"search {f.variant} batch {f.config.batch_size}" + (
                 f" epochs {f.config.epochs}" if f.config.schedule != "constant" else "") + (
                 f" {self.name}" if self.name else "")
-        return f"{label} {options}" if options and not (self.name and f.stage == "final") else label
+        label = f"{label} {options}" if options and not (self.name and f.stage == "final") else label
+        return f"{label} {self.part}" if self.part else label
 
     def key(self, context=()):
         return hashlib.sha256(" ".join(f.key(context) for f in self.fits).encode()).hexdigest()[:32]
 
 
-def search_groups(protocol, candidates=({},), chunk=None):
+def split(groups, chunk=None):
+    """Groups in parts of at most `chunk` fits each (units of work that can train on different machines; each fit's
+    result is the same whichever part it trains in); None: the groups whole."""
+    return [replace(g, fits=g.fits[i:i + chunk], part=f"fits {i + 1}-{min(i + chunk, len(g.fits))} of {len(g.fits)}")
+            if chunk and chunk < len(g.fits) else g for g in groups for i in range(0, len(g.fits), chunk or len(g.fits))]
+
+
+def search_groups(protocol, candidates=({},)):
     """The search's units of work: one Group per (architecture, candidate, batch size), rounds x folds fits
     each, scored at every epoch count. A candidate holds Training options and may name its `variant` (of
     that architecture; others are skipped), `batch_size` and `epochs`, else the protocol's grid is used.
     With a learning-rate schedule the first 25 epochs of a 50-epoch fit are not a 25-epoch fit, so each
-    epoch count is then a group of its own. `chunk`: rounds per group (a cell split into parts that can train
-    on different machines; each fit's result is the same). Fits see training pairs only."""
+    epoch count is then a group of its own. Fits see training pairs only."""
     p, groups = protocol, []
     for arch, options in itertools.product(p.architectures, candidates):
         options = dict(options)
@@ -229,15 +237,12 @@ def search_groups(protocol, candidates=({},), chunk=None):
         epochs = [options.pop("epochs")] if "epochs" in options else sorted(set(p.epoch_grid))
         training = p.training() | options
         runs = [tuple(epochs)] if training["schedule"] == "constant" else [(e,) for e in epochs]
-        step = chunk or p.search_rounds
-        for batch, score_at, first in itertools.product(batches, runs, range(0, p.search_rounds, step)):
-            rounds = range(first, min(first + step, p.search_rounds))
+        for batch, score_at in itertools.product(batches, runs):
             groups.append(Group(tuple(
                 Fit("search", FitConfig(variant, batch, max(score_at), **training), rnd, fold,
                     derive_seed(p.seed, "search", rnd, fold), p.pairs, derive_seed(p.seed, "search", rnd, "pairs"),
                     p.folds, derive_seed(p.seed, "search", rnd, "folds"), score_at)
-                for rnd in rounds for fold in range(p.folds)),
-                f"rounds {rounds[0]}-{rounds[-1]}" if len(rounds) < p.search_rounds else ""))
+                for rnd in range(p.search_rounds) for fold in range(p.folds))))
     return groups
 
 

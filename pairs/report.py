@@ -68,8 +68,7 @@ ARMS = """# Study `{name}`: arms on paired rounds
 - **Wall time**: {wall_time}.
 
 {table}
-Differences are paired (same rounds), second arm minus the first; "closed" is minus that difference, as a
-share of the gap between the first arm and the study's published test error.
+{legend}
 
 {lines}
 
@@ -281,6 +280,11 @@ def arms_lines(table):
     lines = []
     for variant, rows in table.groupby("variant", sort=False):
         first, rest = rows.iloc[0], rows.iloc[1:]
+        if first.published_test_error_mean != first.published_test_error_mean:  # not the study's model
+            lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%. " + "; ".join(
+                f"{r.arm}: {100 * r.test_error_mean:.2f}%, {100 * r.diff_mean:+.2f} points (95% CI "
+                f"{100 * r.ci_low:+.2f} to {100 * r.ci_high:+.2f})" for r in rest.itertuples()) + ".")
+            continue
         lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%, the study "
                      f"{100 * first.published_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points). " + "; ".join(
                          f"{r.arm}: {100 * -r.diff_mean:+.2f} points closed (95% CI {100 * -r.ci_high:+.2f} to "
@@ -300,7 +304,10 @@ def render_arms(table, study, protocol, meta):
     return ARMS.format(
         name=Path(study.path).stem, banner=banner(meta), description=study.description, path=study.path, p=protocol,
         machine=meta.get("machine", "?"), device=meta.get("device", "?"), wall_time=meta.get("wall_time", "?"),
-        table=markdown(display(table, "arms", tested=enough)), lines="\n".join(lines), command=command(meta))
+        table=markdown(display(table, "arms", tested=enough)), lines="\n".join(lines), command=command(meta),
+        legend="Differences are paired (same rounds), second arm minus the first" + (
+            "; \"closed\" is minus that difference, as a\nshare of the gap between the first arm and the study's "
+            "published test error." if table.published_test_error_mean.notna().any() else "."))
 
 
 def arms_report(records, study, protocol, out, meta):

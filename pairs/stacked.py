@@ -15,6 +15,8 @@ from torch import nn
 
 from .models import CompareDigits, Dropout, compare_digits, dropout_mask
 
+IMAGE_FORMAT = torch.channels_last  # the image layers' layout (NCHW grouped convolutions: 1.6-2x slower on CPU)
+
 
 def _leaf(t, device):
     return t.to(device).contiguous().requires_grad_()
@@ -56,7 +58,9 @@ def _pool(mods, device):
 
 
 def _relu(mods, device):
-    return None, lambda h, M, train: h.relu(), [], None
+    """In place: no layer before a ReLU here needs its output for its gradient (autograd would raise if one did);
+    the same bits, 3% faster for the extended study's ConvNet (its large activations are written once less)."""
+    return None, lambda h, M, train: h.relu_(), [], None
 
 
 def _dropout(mods, device):
@@ -124,7 +128,7 @@ def run_stack(ops, h, M, train=True):
     image = False
     for layout, op in ops:
         if layout == "image" and not image:  # (M, G, H, W): M groups of G one-channel images
-            h, image = h.transpose(0, 1).contiguous(memory_format=torch.channels_last), True
+            h, image = h.transpose(0, 1).contiguous(memory_format=IMAGE_FORMAT), True
         if layout == "rows" and image:
             raise TypeError("pairs.stacked: a layer on flat features follows an image layer without a Flatten")
         if layout == "flatten":  # to (M, G, C*H*W) in PyTorch's (C, H, W) order

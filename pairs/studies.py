@@ -9,7 +9,7 @@
     [search.space]        # Training options searched, each a non-empty list of values; also `variant`
     normalize = [false, true]   # (variants of the searched architectures), `batch_size` and `epochs`
 
-    [search]              # or: Optuna (TPE), per architecture, `batch` trials asked at a time
+    [search]              # or: Optuna (TPE), per architecture, `batch` trials in flight (a new one asked as one ends)
     method = "optuna"
     trials = 24           # trials per architecture
     batch = 4
@@ -59,7 +59,7 @@ class Study:
     arms: tuple = ()  # ((name, {architecture: {batch_size, epochs, options...}}), ...): no search
     method: str = "grid"
     trials: int = 0  # optuna: trials per architecture
-    batch: int = 1  # optuna: trials asked (and trained) together
+    batch: int = 1  # optuna: trials in flight per architecture (more on a Dask cluster with more workers)
     final: dict = field(default_factory=dict)  # Training options set on the selection for the final rounds
 
     def candidates(self):
@@ -69,7 +69,7 @@ class Study:
 
     def typical(self):
         """A candidate of the search space (first values, range lows; the variant left to each architecture): how
-        many groups a trial trains, for the progress total before its batch is asked."""
+        many groups a trial trains, for the progress total before the trial is asked."""
         return {name: values["low"] if isinstance(values, dict) else values[0] for name, values in self.space
                 if name != "variant"}
 

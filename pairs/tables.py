@@ -84,7 +84,8 @@ def comparisons(records):
 
 def arms_table(records, protocol, arms):
     """Per variant and arm: test error over the rounds, its paired difference to the first arm (95% CI), and
-    the share of the gap between the first arm and the study's published number that the difference closes."""
+    the share of the gap between the first arm and the study's published number that the difference closes:
+    only where the first arm trains the study's model (no training option away from the defaults); NaN else."""
     by_config = {}
     for r in records:
         by_config.setdefault(r.config, {})[r.round] = r.final_errors[1]
@@ -94,10 +95,10 @@ def arms_table(records, protocol, arms):
         for g in final_groups(protocol, selection_of(arm), name):
             cfg = g.fits[0].config
             errs = by_config[cfg]
-            first = base.setdefault(cfg.variant, errs)
+            first, studys = base.setdefault(cfg.variant, (errs, not options_text(cfg)))
             p = _paired(first, errs)
             m, sd = mean_std(errs.values())
-            theirs = target.get(cfg.variant, float("nan"))
+            theirs = target.get(cfg.variant, float("nan")) if studys else float("nan")
             gap = mean_std(first.values())[0] - theirs
             rows.append({"variant": cfg.variant, "arm": name, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
                          "test_error_mean": m, "test_error_std": sd, "rounds": len(errs),
@@ -155,9 +156,11 @@ def display(df, kind, tested=True):
                 "test error %": _pm(df, "test_error"),
                 "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})" if s else "—"
                                                   for s, d, lo, hi in zip(shown, df.diff_mean, df.ci_low, df.ci_high)],
-                "published %": [f"{100 * v:.2f}" for v in df.published_test_error_mean],
-                "share of the gap closed": [f"{100 * v:.0f}%" if s else "—" for s, v in zip(shown,
-                                                                                             df.share_of_gap_closed)]}
+                "published %": [f"{100 * v:.2f}" if v == v else "—" for v in df.published_test_error_mean],
+                "share of the gap closed": [f"{100 * v:.0f}%" if s and v == v else "—" for s, v in zip(
+                    shown, df.share_of_gap_closed)]}
+        if df.published_test_error_mean.isna().all():  # no arm trains the study's model: nothing to compare with
+            del cols["published %"], cols["share of the gap closed"]
     else:
         cols = {"#": df.row, "study": df.study, "variant": df.variant, "options": df.options,
                 "batch/epochs": batch_epochs, "rounds": df.rounds, "test error %": _pm(df, "test_error"),

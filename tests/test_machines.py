@@ -71,12 +71,12 @@ class Cluster:
             proc.wait()
 
     def pipeline(self, data_dir, results, experiment, *flags, on_line=None, where=None, **env):
-        """The quick profile on this cluster (or `where`: other flags), its servers and chunks of one round."""
+        """The quick profile on this cluster (or `where`: other flags), its servers and units of 3 fits (one search round)."""
         env = dict(self.env, PAIRS_DATA_DIR=data_dir, PREFECT_API_URL=self.api, MLFLOW_TRACKING_URI=self.tracking,
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / results), **env)
         proc = self.running = subprocess.Popen(
             [sys.executable, "-m", "flows", "--profile", "quick", *(where or ("--cluster", self.scheduler)),
-             "--chunk", "1", "--experiment", experiment, *flags], env=env, text=True, stdout=subprocess.PIPE,
+             "--chunk", "3", "--experiment", experiment, *flags], env=env, text=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         lines = []
         for line in proc.stdout:
@@ -145,7 +145,7 @@ def open_runs(api, kind="task_runs"):
 @pytest.mark.slow
 def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_in_process_run(cluster, data_dir,
                                                                                                tmp_path, quick_records):
-    """Search cells in chunks of one round on two workers; SIGKILL to a worker process once the first group is
+    """Search cells in units of one round on two workers; SIGKILL to a worker process once the first group is
     back (the others are training): Dask gives its task to a worker again (the nanny restarts the killed one),
     the run completes with the in-process records, no fit is logged twice and no task run is left running; the
     fits, the report and its artifacts are on the MLflow server."""
@@ -257,13 +257,6 @@ def test_a_cluster_needs_a_prefect_server(data_dir, monkeypatch):
         s.listen()
         with pytest.raises(ValueError, match="--cluster needs a Prefect server .* PREFECT_API_URL="):
             preflight(validate(data_dir=data_dir, profile="quick", cluster=f"tcp://127.0.0.1:{s.getsockname()[1]}")[0])
-
-
-def test_chunks_hold_the_same_fits_in_rounds():
-    q = P.PROFILES["quick"].with_(search_rounds=3)
-    whole, chunked = P.search_groups(q), P.search_groups(q, chunk=2)
-    assert [f for g in whole for f in g.fits] == [f for g in chunked for f in g.fits]
-    assert len(chunked) == 2 * len(whole) and chunked[1].label == "search ConvNet batch 25 rounds 2-2"
 
 
 def test_a_worker_without_the_data_says_which_worker(tmp_path):

@@ -116,6 +116,29 @@ class Wider(PairNet):
             b.insert(6, nn.ReLU())
 
 
+def test_a_group_in_parts_holds_its_fits_and_trains_each_the_same(data_dir):
+    """`split` cuts groups into units of at most `chunk` fits (labelled by their part, fit runs named without it);
+    a final group trained in parts of one fit gives every fit the record it gets trained whole, up to float rounding
+    in the losses: a stack's size can change how a kernel splits its sums over threads (here: ConvNet_WS_AL's
+    grouped convolutions, one ulp)."""
+    from flows.stages import fits_label
+    q = P.PROFILES["quick"].with_(search_rounds=3)
+    whole = P.search_groups(q)
+    parts = P.split(whole, 4)  # 9 fits a cell: 4, 4 and 1
+    assert [f for g in whole for f in g.fits] == [f for g in parts for f in g.fits] and len(parts) == 3 * len(whole)
+    assert parts[2].label == "search ConvNet batch 25 fits 9-9 of 9" and fits_label(parts[2]) == whole[0].label
+    assert P.split(whole) == P.split(whole, 9) == whole
+    final = P.final_groups(q, P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 3},
+                                              "MLP": {"batch_size": 25, "epochs": 2}}))[3]  # ConvNet_WS_AL
+    one_by_one = [r for g in P.split([final], 1) for r in P.train_group(g, data_dir)[0]]
+    losses = ("train_loss", "main_loss", "aux_loss")
+    for r, whole_r in zip(one_by_one, P.train_group(final, data_dir)[0], strict=True):
+        assert replace(r, s_per_epoch=0, **{k: () for k in losses}) == replace(
+            whole_r, s_per_epoch=0, **{k: () for k in losses})
+        for k in losses:
+            assert getattr(r, k) == pytest.approx(getattr(whole_r, k), rel=1e-6, abs=0), k
+
+
 def test_stacked_follows_the_model_it_is_built_from():
     torch.manual_seed(0)
     models = [Wider() for _ in range(3)]
