@@ -32,4 +32,16 @@ prefect: venv
 bench: venv
 	$(VENV)/bin/python -m flows bench
 
-.PHONY: venv test run ui prefect bench
+# On a machine with a GPU: the oracle tests of every option on CUDA, the GPU benchmark, then the faithful full
+# profile and the extended study, each timed as a whole pipeline call (issue 19's targets on one H200: 30 s, 2 min).
+gpu-check: venv
+	PAIRS_TEST_DEVICE=cuda $(VENV)/bin/python -m pytest -q tests/test_options.py tests/test_train.py -k "stacked or bf16"
+	$(VENV)/bin/python -m flows bench --device cuda --out BENCHMARKS-cuda.md
+	$(VENV)/bin/python -c "import time, subprocess, sys; t = time.time(); subprocess.run(sys.argv[1:], check=True); \
+	  print(f'faithful full profile on cuda: {time.time() - t:.0f} s')" $(VENV)/bin/python -m flows --device cuda \
+	  --experiment gpu-check --register-model no
+	$(VENV)/bin/python -c "import time, subprocess, sys; t = time.time(); subprocess.run(sys.argv[1:], check=True); \
+	  print(f'extended study on cuda: {time.time() - t:.0f} s')" $(VENV)/bin/python -m flows --study extended \
+	  --device cuda --experiment gpu-check --register-model no
+
+.PHONY: venv test run ui prefect bench gpu-check

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
 from pairs import published
-from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, resolve_device
+from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, matmul_gflops, resolve_device
 
 STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
@@ -35,21 +36,6 @@ STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY
 
 def train_flops(variant, pairs_per_epoch):
     return 3 * forward_flops(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards
-
-
-def matmul_gflops(device, n=2048, reps=10):
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def epoch_time(result):
@@ -373,14 +359,25 @@ def _unfold_conv(mods, device):
 
 
 def _fits_per_second(args):
-    """(in a process of its own) fits x epochs / seconds of `k` fits trained stacked on one thread."""
-    variant, batch, k, epochs = args
+    """(in a process of its own) seconds per fit-epoch of `k` fits trained stacked on one thread."""
+    cfg, k, epochs = args
     torch.set_num_threads(1)
     p = pair_sets(1000, seed=2021)
-    fit_many(FitConfig(variant, batch, 1), [data(p, 900)] * k, list(range(k)))  # warm-up
+    fit_many(replace(cfg, epochs=1), [data(p, 900)] * k, list(range(k)))  # warm-up
     t = time.perf_counter()
-    fit_many(FitConfig(variant, batch, epochs), [data(p, 900)] * k, list(range(k)))
-    return time.perf_counter() - t
+    fit_many(replace(cfg, epochs=epochs), [data(p, 900)] * k, list(range(k)))
+    return (time.perf_counter() - t) / (k * epochs)
+
+
+def lever_cells(k):
+    """(name, FitConfig, fits) of the cells the levers are measured on: the study's models at a small and a large
+    batch, and the extended study's selected ConvNet (large branch, batch norm, an ensemble of 3)."""
+    chosen = json.loads((Path(__file__).resolve().parent.parent / "docs/results/extended/run.json").read_text())
+    c = dict(chosen["selection"]["ConvNet"], ensemble=3)
+    return [("ConvNet b100", FitConfig("ConvNet", 100, 1), k), ("ConvNet b25", FitConfig("ConvNet", 25, 1), k),
+            ("MLP b25", FitConfig("MLP", 25, 1), k), ("MLP b100", FitConfig("MLP", 100, 1), k),
+            ("extended ConvNet", FitConfig(c.pop("variant"), c.pop("batch_size"), 1, **{
+                n: v for n, v in c.items() if n != "epochs"}), max(2, k // 5))]
 
 
 def levers(ceiling, epochs=4, k=20):
@@ -395,8 +392,8 @@ def levers(ceiling, epochs=4, k=20):
     from pairs import stacked
     p = pair_sets(1000, seed=2021)
 
-    def seconds(variant, batch, **options):
-        r = fit_many(FitConfig(variant, batch, epochs, **options), [data(p, 900)] * k, list(range(k)))
+    def seconds(cfg, n):
+        r = fit_many(replace(cfg, epochs=epochs), [data(p, 900)] * n, list(range(n)))
         return statistics.median(r[0].epoch_seconds[1:])
 
     @contextlib.contextmanager
@@ -413,45 +410,47 @@ def levers(ceiling, epochs=4, k=20):
         return patched(stacked.Stacked, "forward", torch.compile(stacked.Stacked.forward, dynamic=False))
 
     ways = {"the pipeline's way (grouped convolution, channels-last, float32, 2 threads)": contextlib.nullcontext,
+            "ReLU not in place (before this commit)": lambda: patched(stacked, "LAYERS", stacked.LAYERS | {
+                nn.ReLU: lambda mods, device: (None, lambda h, M, train: h.relu(), [], None)}),
             "NCHW layout instead of channels-last": lambda: patched(stacked, "IMAGE_FORMAT", torch.contiguous_format),
             "convolution as unfold + batched matmul": lambda: patched(stacked, "LAYERS", stacked.LAYERS | {
                 nn.Conv2d: _unfold_conv}),
             "torch.compile of the stacked forward (inductor)": compiled,
             "bf16 autocast (precision = bfloat16)": "bfloat16"}
-    cells = [("ConvNet", 100), ("ConvNet", 25), ("MLP", 25), ("MLP", 100)]
+    cells = lever_cells(k)
     rows = {}
     for name, way in ways.items():
-        for variant, batch in cells:
+        for cell, cfg, n in cells:
             if way == "bfloat16":
-                rows[(name, variant, batch)] = seconds(variant, batch, precision="bfloat16")
+                rows[(name, cell)] = seconds(replace(cfg, precision="bfloat16"), n)
                 continue
             with way():
-                rows[(name, variant, batch)] = seconds(variant, batch)
-    name = "two processes of one thread, k/2 fits each, at once"
+                rows[(name, cell)] = seconds(cfg, n)
+    name = "two processes of one thread, half the fits each, at once"
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for variant, batch in cells:
-            walls = list(pool.map(_fits_per_second, [(variant, batch, k // 2, epochs)] * 2))
-            rows[(name, variant, batch)] = max(walls) / (k * epochs)
+        for cell, cfg, n in cells:
+            rows[(name, cell)] = max(pool.map(_fits_per_second, [(cfg, n // 2, epochs)] * 2)) / 2
     base = next(iter(ways))
     lines = [LEVERS[0], "## Levers (CPU, measured)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}; float32 matmul ceiling **{ceiling:.0f} GFLOP/s** "
              "in this run",
-             f"- Command: `python -m flows bench --levers` ({time.strftime('%Y-%m-%d')}): {k} search fits (900 "
-             f"training pairs) trained stacked, median of epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training "
-             "FLOPs counted from the model) and its ratio to the pipeline's way in the same cell.", "",
-             "| way | " + " | ".join(f"{v} b{b}" for v, b in cells) + " |", "|---|" + "---|" * len(cells)]
+             f"- Command: `python -m flows bench --levers` ({time.strftime('%Y-%m-%d')}): search fits (900 training "
+             f"pairs) trained stacked ({k} fits; the extended ConvNet: {cells[-1][2]} fits of 3 models), median of "
+             f"epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training FLOPs counted from the model) and its ratio to "
+             "the pipeline's way in the same cell.", "",
+             "| way | " + " | ".join(c for c, *_ in cells) + " |", "|---|" + "---|" * len(cells)]
     for way in [*ways, name]:
-        cells_text = []
-        for variant, batch in cells:
-            t = rows[(way, variant, batch)]
-            g = train_flops(variant, 900) / t / 1e9
-            cells_text.append(f"{1000 * t:.1f} ms, {g:.0f} GFLOP/s ({100 * g / ceiling:.0f}%)" + (
-                "" if way == base else f", {rows[(base, variant, batch)] / t:.2f}x"))
-        lines.append(f"| {way} | " + " | ".join(cells_text) + " |")
+        text = []
+        for cell, cfg, n in cells:
+            t = rows[(way, cell)]
+            g = 3 * forward_flops(cfg.variant, **cfg.model_options()) * cfg.ensemble * 900 / t / 1e9
+            text.append(f"{1000 * t:.1f} ms, {g:.0f} GFLOP/s ({100 * g / ceiling:.0f}%)" + (
+                "" if way == base else f", {rows[(base, cell)] / t:.2f}x"))
+        lines.append(f"| {way} | " + " | ".join(text) + " |")
     return lines + [LEVERS[1]]
 
 
-PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended")
+PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision")
 LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
 SCALING = ("<!-- scaling: python -m flows bench --scaling -->", "<!-- /scaling -->")
 
@@ -474,11 +473,15 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
         records = [r for path in paths if path for r in R.load_records(path)]
         meta = json.loads((root / folder / "run.json").read_text())["meta"]
         flops, wall = sum(r.train_flops for r in records), float(meta["wall_time"].split()[0])
-        theirs = cpu_model(meta["machine"])
-        share = f"{100 * flops / ceiling / 1e9 / wall:.0f}%" if theirs == cpu else f"— (run on {theirs})"
+        theirs, own = cpu_model(meta["machine"]), meta.get("ceiling_gflops")
+        share = (f"{100 * flops / own / 1e9 / wall:.0f}% (its own ceiling, {own:.0f} GFLOP/s)" if own else
+                 f"{100 * flops / ceiling / 1e9 / wall:.0f}% (ceiling not recorded: this machine's)" if theirs == cpu
+                 else f"— (run on {theirs}, ceiling not recorded)")
         lines.append(f"| {folder} | {len(records)} | {flops / 1e12:.1f} | {flops / ceiling / 1e9 / 60:.1f} min | "
                      f"{wall / 60:.1f} min ({theirs}) | {flops / wall / 1e9:.0f} | {share} |")
-    return lines + ["", LIMITS[1]]
+    return lines + ["", "A run records its machine's ceiling in run.json (`meta.ceiling_gflops`, measured as the call "
+                    "ends); hosts of one CPU model name can differ twofold (Xeons of 191 and 395 GFLOP/s seen), so a "
+                    "share against another host's ceiling is a bound, not a measurement.", LIMITS[1]]
 
 
 def cpu_model(machine):

@@ -37,9 +37,10 @@ def run_meta(tracker, device, seconds, why_smoke):
     """What the report says about the call: machine, wall time, versions, command, who started it, smoke."""
     import mlflow
     import prefect
+    import torch
     from prefect.runtime import deployment
 
-    from pairs.train import describe_machine
+    from pairs.train import describe_machine, matmul_gflops
 
     if not tracker.owned:
         launcher = f"started by `mlflow run` (run {tracker.run_id})"
@@ -50,7 +51,8 @@ def run_meta(tracker, device, seconds, why_smoke):
     return {"machine": describe_machine(device), "device": device,
             "wall_time": f"{seconds:.0f} s for this pipeline call (groups found in the cache take no time)",
             "versions": f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
-            "command": "python -m flows " + shlex.join(sys.argv[1:]), "launcher": launcher, "smoke": why_smoke}
+            "command": "python -m flows " + shlex.join(sys.argv[1:]), "launcher": launcher, "smoke": why_smoke,
+            "ceiling_gflops": round(matmul_gflops(torch.device(device)))}  # this machine's, as the call ends
 
 
 def regenerate(run_id, out):

@@ -22,6 +22,7 @@ import io
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -244,6 +245,23 @@ def resolve_device(device="cpu"):
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+
+def matmul_gflops(device, n=2048, reps=10):
+    """The practical float32 ceiling of `device`: GFLOP/s of a 2048x2048 matmul, the median of `reps`."""
+    g = torch.Generator(device=device).manual_seed(0)  # (the global generator is left as it is)
+    a, b = (torch.randn(n, n, device=device, generator=g) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def describe_machine(device="cpu"):

@@ -1,4 +1,7 @@
-"""Model and training options beyond the study: each one stacked == plain (the oracle), and really applied."""
+"""Model and training options beyond the study: each one stacked == plain (the oracle), and really applied.
+PAIRS_TEST_DEVICE=cuda runs the oracles on a GPU (in strict float32: no TF32), as `make gpu-check` does."""
+import os
+
 import pytest
 import torch
 
@@ -16,6 +19,15 @@ CASES = ([(v, o) for o in SINGLE for v in ("ConvNet_WS_AL", "MLP")]
          + [(v, ALL) for v in ("ConvNet_WS_AL", "ConvNet", "MLP_AL", "MLP_WS")])
 
 
+DEVICE = os.environ.get("PAIRS_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def strict_float32():
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        yield
+
+
 def fold_data(p, k=4, n=160):
     return [FitData(p.train_input[tr], p.train_target[tr], p.train_classes[tr], p.train_input[va],
                     p.train_target[va]) for tr, va in kfold(n, k, seed=3)]
@@ -26,9 +38,9 @@ def fold_data(p, k=4, n=160):
 def test_stacked_equals_one_at_a_time_with_the_option(pairs_1000, variant, options):
     cfg = FitConfig(variant, batch_size=40, epochs=2, **options)
     datas, seeds = fold_data(pairs_1000), [11, 12, 13]
-    stacked = fit_many(cfg, datas[:3], seeds, block=2)  # a full and a partial block
-    default = fit(FitConfig(variant, batch_size=40, epochs=2), datas[0], seeds[0])
-    alone = [fit(cfg, data, seed) for data, seed in zip(datas, seeds)]
+    stacked = fit_many(cfg, datas[:3], seeds, block=2, device=DEVICE)  # a full and a partial block
+    default = fit(FitConfig(variant, batch_size=40, epochs=2), datas[0], seeds[0], device=DEVICE)
+    alone = [fit(cfg, data, seed, device=DEVICE) for data, seed in zip(datas, seeds)]
     assert alone[0].train_loss != default.train_loss  # the option changed the fit (same seed, same data)
     for one, many in zip(alone, stacked):
         assert one.param_count == many.param_count
@@ -116,9 +128,9 @@ def test_bf16_stacked_equals_one_at_a_time_at_bf16_tolerance(pairs_1000, variant
     assert FitConfig().precision == "float32"
     cfg = FitConfig(variant, batch_size=40, epochs=3, precision="bfloat16", **options)
     datas, seeds = fold_data(pairs_1000), [11, 12]
-    stacked = fit_many(cfg, datas[:2], seeds, score_at=(3,))
-    alone = [fit(cfg, data, seed, score_at=(3,)) for data, seed in zip(datas, seeds)]
-    full = fit(FitConfig(variant, batch_size=40, epochs=3, **options), datas[0], seeds[0], score_at=(3,))
+    stacked = fit_many(cfg, datas[:2], seeds, score_at=(3,), device=DEVICE)
+    alone = [fit(cfg, data, seed, score_at=(3,), device=DEVICE) for data, seed in zip(datas, seeds)]
+    full = fit(FitConfig(variant, batch_size=40, epochs=3, **options), datas[0], seeds[0], score_at=(3,), device=DEVICE)
     assert alone[0].train_loss != full.train_loss  # bf16 did change the arithmetic
     for one, many in zip(alone, stacked):
         assert many.train_loss == pytest.approx(one.train_loss, rel=3e-2, abs=1e-3)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ["docs/results", "docs/results/al_gap", "docs/results/extended"]
+FOLDERS = ["docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision"]
 BESIDE = {"docs/results/extended/beside": ["docs/results/al_gap", "docs/results/extended"]}
 
 
