@@ -155,14 +155,19 @@ def stack_seconds(epochs=2):
 
 
 def per_fit(stacks, arch, batch, k):
-    """Seconds per fit-epoch in a unit of k fits: the measured stack nearest below k, at the nearest batch size."""
+    """Seconds per fit-epoch in a unit of k fits, at the nearest measured batch size: interpolated between the
+    measured stacks around k (the largest beyond them)."""
     b = min({b for a, b, _ in stacks if a == arch}, key=lambda x: abs(x - batch))
-    return stacks[(arch, b, max(s for s in STACKS if s <= k))]
+    if k >= STACKS[-1]:
+        return stacks[(arch, b, STACKS[-1])]
+    lo, hi = max(s for s in STACKS if s <= k), min(s for s in STACKS if s >= k)
+    t = 0 if hi == lo else (k - lo) / (hi - lo)
+    return (1 - t) * stacks[(arch, b, lo)] + t * stacks[(arch, b, hi)]
 
 
 def dask_comparison(epochs):
     """(6) The full protocol's ConvNet and MLP search cells at batch 100, cut to `epochs` epochs: trained here as
-    whole cells (2 threads), each one-round unit (10 fits) alone on one thread, and every unit through the
+    whole cells and as one-round units (10 fits) with its threads, the units on one thread, and every unit through the
     pipeline's `train` task on a local prefect_dask cluster of 1 and of 2 one-thread workers."""
     from prefect import flow
 
@@ -174,17 +179,16 @@ def dask_comparison(epochs):
     units = P.split(cells, full.folds)
     for g in cells[:1]:  # load the data once, outside the timings
         P.fit_data(g.fits[0])
-    t = time.perf_counter()
-    for g in cells:
-        P.train_group(g)
-    in_process = time.perf_counter() - t
+    def timed(groups, threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        for g in groups:
+            P.train_group(g)
+        torch.set_num_threads(before)
+        return time.perf_counter() - t
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t = time.perf_counter()
-    for g in units:
-        P.train_group(g)
-    one_thread = time.perf_counter() - t
-    torch.set_num_threads(threads)
+    in_process, units_here, one_thread = timed(cells, threads), timed(units, threads), timed(units, 1)
 
     @flow
     def on_workers(n):
@@ -200,10 +204,10 @@ def dask_comparison(epochs):
             t = time.perf_counter()
             [f.result() for f in submit(runner, units)]
             return started, time.perf_counter() - t
-    started, on_one = on_workers(1)
-    _, on_two = on_workers(2)
+    _, on_one = on_workers(1)
+    started, on_two = on_workers(2)
     return {"in_process": in_process, "one_worker": on_one, "two_workers": on_two, "cluster_start": started,
-            "units": len(units), "one_thread_work": one_thread, "epochs": epochs,
+            "units": len(units), "one_thread_work": one_thread, "units_here": units_here, "epochs": epochs,
             "task_overhead": max(0.0, (on_one - one_thread) / len(units))}  # per task, beyond its training
 
 
@@ -252,7 +256,7 @@ def scaling(m, stacks, extended_records=None):
     seconds (2 threads, in the stacks it ran in) scaled by the measured 1-thread/2-thread ratio and the stack-size
     ratio of its architecture's plain model."""
     full, extra = PROFILES["full"], m["task_overhead"]
-    ratio = m["one_thread_work"] / m["in_process"]  # one thread's seconds per second of two
+    ratio = m["one_thread_work"] / m["units_here"]  # one thread's seconds per second of this process's threads
 
     def units(n, chunk, each):  # `each(k)`: seconds of one fit in a unit of k
         k = min(chunk or n, n)
@@ -305,12 +309,12 @@ def dask_lines(epochs):
              "this one run.", "",
              f"The full protocol's ConvNet and MLP search cells at batch 100 (100 fits each, cut to {epochs} epochs), "
              f"in {m['units']} units of one round (10 fits):", "",
-             f"- in this process, whole cells, {torch.get_num_threads()} threads: **{m['in_process']:.1f} s**",
+             f"- in this process, whole cells, {torch.get_num_threads()} threads: **{m['in_process']:.1f} s** (the "
+             f"units: {m['units_here']:.1f} s; on one thread: {m['one_thread_work']:.1f} s)",
              f"- `--workers 2` (local prefect_dask cluster, one thread each): **{m['two_workers']:.1f} s** "
              f"(ratio {m['two_workers'] / m['in_process']:.2f} to this process)",
-             f"- `--workers 1`: {m['one_worker']:.1f} s; the same units one after another in this process on one "
-             f"thread: {m['one_thread_work']:.1f} s, so a task costs {m['task_overhead']:.2f} s beyond its training; "
-             f"starting a cluster and a first task on each worker: {m['cluster_start']:.1f} s",
+             f"- `--workers 1`: {m['one_worker']:.1f} s, so a task costs {m['task_overhead']:.2f} s beyond its "
+             f"training; starting a cluster of 2 and a first task on each worker: {m['cluster_start']:.1f} s",
              "", "One thread's seconds per fit-epoch by fits per unit (search fits, 900 training pairs):", "",
              "| architecture | batch | " + " | ".join(f"{k} fits" for k in STACKS) + " |", "|---|---|" + "---|" * len(STACKS)]
     for a, b in sorted({(a, b) for a, b, _ in stacks}):
@@ -455,7 +459,7 @@ LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
 SCALING = ("<!-- scaling: python -m flows bench --scaling -->", "<!-- /scaling -->")
 
 
-def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
+def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent, folders=PUBLISHED):
     """Each published study's training FLOPs (counted from the model of every fit it holds, forward + backward),
     the time those take at this run's float32 matmul ceiling, the pipeline call's wall time (its run.json) and
     the share; a study run on another CPU model gets no share here (a ceiling is measured on its own model)."""
@@ -468,7 +472,7 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent):
              "a machine shared with other work is slower).", "",
              "| study | fits | TFLOP | limit here | wall time (machine) | achieved GFLOP/s | share of the limit |",
              "|---|---|---|---|---|---|---|"]
-    for folder in PUBLISHED:
+    for folder in folders:
         paths = [records_in(root / folder, name) for name in ("search_fits.json", "final_fits.json")]
         records = [r for path in paths if path for r in R.load_records(path)]
         meta = json.loads((root / folder / "run.json").read_text())["meta"]
@@ -512,6 +516,8 @@ def main(argv):
                     help="also train the whole full protocol (search, selection, final) once and time it")
     ap.add_argument("--limits", action="store_true", help="only measure the ceiling and write the per-study limit "
                     "table (from the published folders' records) into --out")
+    ap.add_argument("--also", action="append", default=[], metavar="FOLDER", help="with --limits: another folder "
+                    "holding a run's run.json and fit records (e.g. reports/RUN_ID, from `python -m flows report`)")
     ap.add_argument("--levers", action="store_true", help="only measure the speed levers and write their section "
                     "into --out")
     ap.add_argument("--scaling", action="store_true", help="only measure (6) and write the Dask section into --out")
@@ -528,7 +534,7 @@ def main(argv):
         print("\n".join(lines))
         return 0
     if args.limits:
-        lines = limits(matmul_gflops(device), describe_machine(device))
+        lines = limits(matmul_gflops(device), describe_machine(device), folders=PUBLISHED + tuple(args.also))
         write_section(args.out, lines)
         print("\n".join(lines))
         return 0

@@ -32,15 +32,17 @@ def optuna_search(study, protocol, w, progress, workers=1):
     storage = optuna_storage()
     ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(w.context)], sort_keys=True,
                                       default=str).encode()).hexdigest()[:12]
-    studies = {a: optuna.create_study(
-        study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage, load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(  # random for the first half (at most 10)
-            seed=derive_seed(protocol.seed, "optuna", a) % 2**32, constant_liar=True,
-            n_startup_trials=min(10, max(study.batch, study.trials // 2)))) for a in protocol.architectures}
+    def sampler(a, number):  # seeded by the trial's number: a resumed search asks what the whole one would
+        return optuna.samplers.TPESampler(  # random for the first half (at most 10)
+            seed=derive_seed(protocol.seed, "optuna", a, number) % 2**32, constant_liar=True,
+            n_startup_trials=min(10, max(study.batch, study.trials // 2)))
+    studies = {a: optuna.create_study(study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage,
+                                      load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
+               for a in protocol.architectures}
     slots = max(study.batch, -(-workers // len(studies)))
     typical = P.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
     run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
-    records, flying = [], []
+    records, flying = {}, []
 
     def start(a, number, candidate, tell):
         name = f"trial {a} {number}"
@@ -56,6 +58,7 @@ def optuna_search(study, protocol, w, progress, workers=1):
     while True:
         for a, s in studies.items():
             while sum(f[0] == a for f in flying) < slots and len(s.trials) < study.trials:
+                s.sampler = sampler(a, len(s.trials))
                 t = s.ask()
                 start(a, t.number, study.suggest(t, a), True)
         if not flying:
@@ -68,7 +71,8 @@ def optuna_search(study, protocol, w, progress, workers=1):
         w.tracker.end_trial(trial_run, best)
         print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
               f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
-        records += mine
+        records[(list(studies).index(a), number)] = mine
+    records = [r for k in sorted(records) for r in records[k]]  # by trial number: TIE_RULE's "searched first"
     [f.result() for f in w.logging]
     write_artifacts(w.tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
     w.tracker.end(run_id)
@@ -81,9 +85,10 @@ def _first_to_end(flying, far):
     if not far:
         return 0
     from prefect.futures import as_completed
-    futures = [f for *_, parts in flying for _, _, f in parts]
-    for _ in as_completed(futures):
+    done = set()
+    for f in as_completed([f for *_, parts in flying for _, _, f in parts]):
+        done.add(f)
         for i, (*_, parts) in enumerate(flying):
-            if all(f.state.is_final() for _, _, f in parts):
+            if all(p in done for _, _, p in parts):
                 return i
     return 0

@@ -68,8 +68,8 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
         records, models = P.train_group(group, root, device, on_epoch)
         return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models]}
     except Exception as e:
-        f = group.fits[-1]
-        fits = f"rounds 0-{f.round}" + (f", folds 0-{f.folds - 1}" if f.folds else "")
+        first, f = group.fits[0], group.fits[-1]
+        fits = f"rounds {first.round}-{f.round}" + (f", folds {first.fold}-{f.fold}" if f.folds else "")
         raise RuntimeError(f"{f.stage} fits of {f.variant} at batch size {f.config.batch_size} ({fits}) "
                            f"failed: {e}") from e
 
