@@ -245,3 +245,37 @@ def test_the_extended_study_resumes_its_optuna_search_and_registers_on_request(p
     info = mlflow.models.get_model_info(f"models:/{REGISTERED}/{version[0].version}")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 2, 14, 14)}
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["P(first > second)", "P(first <= second)"]
+
+
+@pytest.mark.slow
+def test_a_resumed_optuna_search_asks_what_an_uninterrupted_one_asks(prefect_env, data_dir, store, tmp_path,
+                                                                      monkeypatch):
+    """One trial in flight, three trials: the second fails, the rerun finishes it and asks the third; a fresh
+    search of the same study asks the same three candidates (each ask is seeded by its trial number, not by a
+    sampler's state that a crash loses)."""
+    import optuna
+    from flows import tasks
+    from flows.pipeline import pipeline
+    text = ('[protocol]\npairs = 300\nsearch_rounds = 1\nfolds = 2\nfinal_rounds = 2\narchitectures = ["MLP"]\n'
+            'variants = ["MLP"]\n[search]\nmethod = "optuna"\ntrials = 3\nbatch = 1\n[search.space]\n'
+            'lr = {low = 5e-4, high = 5e-3, log = true}\ndropout = [0.0, 0.25]\n')
+    for name in ("crashed", "whole"):
+        (tmp_path / f"{name}.toml").write_text(text)
+    flags = dict(data_dir=data_dir, experiment="resume", batch_sizes=[25], epoch_grid=[1], until="search")
+    monkeypatch.setattr(tasks, "train", tasks.train.with_options(retry_delay_seconds=0))
+    seen = []
+
+    def second_trial(f):
+        seen.append(f.config.lr) if f.config.lr not in seen else None
+        return len(seen) > 1 and f.config.lr == seen[1]
+    with monkeypatch.context() as m:
+        failing(m, second_trial)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            pipeline(study=str(tmp_path / "crashed.toml"), **flags)
+    pipeline(study=str(tmp_path / "crashed.toml"), **flags)
+    pipeline(study=str(tmp_path / "whole.toml"), **flags)
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    asked = {s.study_name.split("-")[0]: [t.params for t in optuna.load_study(
+        study_name=s.study_name, storage=storage).trials] for s in optuna.get_all_study_summaries(storage)}
+    assert len(asked["crashed"]) == 3 and len({t["lr"] for t in asked["crashed"]}) == 3
+    assert asked["crashed"] == asked["whole"]
