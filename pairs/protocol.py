@@ -31,6 +31,9 @@ RENAMED = {"repair": "re_pair"}  # options of records written before a rename: t
 class Protocol(Training):
     """Counts, grid and training options of one study. Every field is a user setting (see flows.settings)."""
     seed: int = option(0, "base seed: each unit of work (stage, round, fold) derives its own from it")
+    final_seed: int | None = option(None, "base seed of the final rounds (their pairs and initial weights); unset: "
+                                          "the base seed. Test rounds are spent once seen: a confirmation takes "
+                                          "one no published study used")
     pairs: int = option(1000, "pairs per split and round")
     search_rounds: int = option(10, "rounds of the cross-validated search")
     folds: int = option(10, "folds per search round")
@@ -258,12 +261,13 @@ def final_groups(protocol, selection, name=""):
     {architecture: Choice}); every variant and arm on the same rounds. The groups of the chosen configurations
     (an architecture's searched variant) keep their trained models."""
     p, groups = protocol, []
+    base = p.seed if p.final_seed is None else p.final_seed
     for variant in final_variants(p, selection):
         c = selection[parse(variant)[0]]
         cfg = FitConfig(variant, c.batch_size, c.epochs, **(p.training() | dict(c.options)))
         keep = not name and variant == (c.variant or parse(variant)[0])
-        groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(p.seed, "final", rnd), p.pairs,
-                                      derive_seed(p.seed, "final", rnd, "pairs"), score_at=(cfg.epochs,))
+        groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(base, "final", rnd), p.pairs,
+                                      derive_seed(base, "final", rnd, "pairs"), score_at=(cfg.epochs,))
                                   for rnd in range(p.final_rounds)), name, keep))
     return groups
 

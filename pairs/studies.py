@@ -1,6 +1,8 @@
 """Study files: a study is a small TOML file naming its protocol and either a search or fixed arms.
 
     description = "what it asks"
+    history = "what was fixed by hand, when, after seeing what"   # optional, said in the report as written
+    headline = "arm name"  # arms: the arm whose number is the result, declared before the run
     [protocol]            # any Protocol setting (counts, grid, training options, variants); the rest: the profile's
     final_rounds = 20
     [search]              # optional: without it, the protocol's own grid (batch_sizes x epoch_grid)
@@ -61,6 +63,8 @@ class Study:
     trials: int = 0  # optuna: trials per architecture
     batch: int = 1  # optuna: trials in flight per architecture (more on a Dask cluster with more workers)
     final: dict = field(default_factory=dict)  # Training options set on the selection for the final rounds
+    headline: str = ""  # arms: the arm whose number is the study's result, declared before the run
+    history: str = ""  # what was fixed by hand, when, and what had been seen then (said in the report as written)
 
     def candidates(self):
         """The option combinations of the search space ({} when it has none)."""
@@ -113,7 +117,10 @@ def load(name_or_path):
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise StudyError(f"{path}: not valid TOML ({e})") from None
-    _only(doc, ("description", "protocol", "search", "arm", "final"), "", fail)
+    _only(doc, ("description", "history", "headline", "protocol", "search", "arm", "final"), "", fail)
+    for key in ("description", "history", "headline"):
+        if not isinstance(doc.get(key, ""), str):
+            fail(key, f"must be a string, got {doc[key]!r}")
     protocol = doc.get("protocol", {})
     _only(protocol, [f.name for f in fields(Protocol)], "protocol.", fail)
     protocol = {k: tuple(v) if isinstance(v, list) else v for k, v in protocol.items()}
@@ -124,7 +131,7 @@ def load(name_or_path):
         fail("protocol" + (f".{word}" if word in protocol else ""), str(e))
     if "search" in doc and "arm" in doc:
         fail("arm", "a study has either a [search] or arms, not both")
-    study = Study(str(path), doc.get("description", ""), protocol)
+    study = Study(str(path), doc.get("description", ""), protocol, history=doc.get("history", ""))
     final = doc.get("final", {})
     _only(final, OPTIONS, "final.", fail)
     _check_options(final, "final", fail)
@@ -134,7 +141,12 @@ def load(name_or_path):
     if "search" in doc:
         return _search(study, doc["search"], fail)
     if "arm" in doc:
-        return _arms(study, doc["arm"], fail)
+        study = _arms(study, doc["arm"], fail)
+    if doc.get("headline"):
+        if doc["headline"] not in [name for name, _ in study.arms]:
+            fail("headline", f"{doc['headline']!r} is not an arm of this study; arms: "
+                             f"{', '.join(name for name, _ in study.arms) or 'none'}")
+        study = replace(study, headline=doc["headline"])
     return study
 
 
@@ -237,4 +249,4 @@ def _arms(study, arms, fail):
         resolved.append((name, per))
     if not resolved:
         fail("arm", "at least one arm is needed")
-    return Study(study.path, study.description, study.protocol, arms=tuple(resolved))
+    return replace(study, arms=tuple(resolved))
