@@ -29,8 +29,32 @@ def writer(tracker, device, started, why_smoke, protocol, study, selection, writ
 
     def report(out):
         (out / "run.json").write_text(json.dumps(run | {"meta": meta}))
-        return write(out, meta) + [out / "run.json"]
+        return write(out, meta | {"seen": seen_by(protocol)}) + [out / "run.json"]
     return report
+
+
+PUBLISHED = ROOT / "docs" / "results"
+
+
+def final_rounds(protocol):
+    """What identifies a run's final rounds: (base seed, pairs per split, rounds)."""
+    p = protocol if isinstance(protocol, dict) else asdict(protocol)
+    base = p["seed"] if p.get("final_seed") is None else p["final_seed"]
+    return base, p["pairs"], p["final_rounds"]
+
+
+def seen_by(protocol, folder=None):
+    """The published folders (docs/results/...) that evaluated on any of this protocol's final rounds, but `folder`:
+    test rounds are spent once a report has shown them."""
+    base, pairs, _ = final_rounds(protocol)
+    seen = []
+    for path in sorted(PUBLISHED.glob("**/run.json")):
+        if folder is not None and path.parent.resolve() == Path(folder).resolve():
+            continue
+        other = json.loads(path.read_text())["protocol"]
+        if final_rounds(other)[:2] == (base, pairs):
+            seen.append(path.parent.relative_to(ROOT).as_posix())
+    return tuple(seen)
 
 
 def run_meta(tracker, device, seconds, why_smoke):
@@ -72,7 +96,7 @@ def from_folder(folder, out):
     if missing:
         raise FileNotFoundError(f"no fit records {', '.join(missing)} (or .gz): a folder to rebuild holds run.json "
                                 "and the pipeline's search_fits.json / final_fits.json")
-    paths = rebuild(run, files, out)
+    paths = rebuild(run, files, out, folder)
     for path in [p for p in paths if p.name in files and files[p.name].suffix == ".gz"]:
         path.unlink()  # the records are the folder's input, kept gzipped: no second, uncompressed copy
         paths.remove(path)
@@ -85,7 +109,7 @@ def records_in(folder, name):
     return next((p for p in (folder / name, folder / f"{name}.gz") if p.exists()), None)
 
 
-def rebuild(run, files, out):
+def rebuild(run, files, out, folder=None):
     """REPORT.md, tables and figures from run.json's settings and the fit records alone."""
     out.mkdir(parents=True, exist_ok=True)
     study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
@@ -94,16 +118,17 @@ def rebuild(run, files, out):
     renamed = P.RENAMED | {"epochs": "epoch_grid"}  # (a run.json of before the renames)
     protocol = Protocol(**{renamed.get(k, k): tuple(v) if isinstance(v, list) else v
                            for k, v in run["protocol"].items()})
+    meta = run["meta"] | {"seen": seen_by(protocol, folder)}
     if study.arms:
-        return R.arms_report(final, study, protocol, out, run["meta"])
+        return R.arms_report(final, study, protocol, out, meta)
     search = R.load_records(files["search_fits.json"])
-    return R.full_report(search, final, selection_of(run["selection"]), protocol, out, run["meta"], study)
+    return R.full_report(search, final, selection_of(run["selection"]), protocol, out, meta, study)
 
 
 def beside_folders(folders, out):
     """The final rounds of these published folders beside each other, each named by its study and folder."""
     out.mkdir(parents=True, exist_ok=True)
-    studies = {}
+    studies, smoke = {}, []
     for folder in folders:
         run = json.loads((folder / "run.json").read_text())
         study = Path(run.get("study", {}).get("path") or "faithful").stem
@@ -111,19 +136,22 @@ def beside_folders(folders, out):
         where = folder.resolve()  # named as from the project's root, wherever the command runs
         where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
         studies[f"{study} ({where.as_posix()})"] = R.load_records(records)
-    return R.beside(studies, out)
+        smoke += [f"{study} ({where.as_posix()})"] if run.get("meta", {}).get("smoke") else []
+    return R.beside(studies, out, smoke)
 
 
 def beside(run_ids, out):
     """The final rounds of these pipeline runs beside each other, each named by its study and run."""
     out.mkdir(parents=True, exist_ok=True)
-    studies = {}
+    studies, smoke = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for i, run_id in enumerate(run_ids):
             files = download_artifacts(run_id, ["run.json", "final_fits.json"], Path(tmp) / str(i))
-            study = json.loads(files["run.json"].read_text()).get("study", {}).get("path") or "faithful"
-            studies[f"{Path(study).stem} ({run_id[:8]})"] = R.load_records(files["final_fits.json"])
-    return R.beside(studies, out)
+            run = json.loads(files["run.json"].read_text())
+            name = f"{Path(run.get('study', {}).get('path') or 'faithful').stem} ({run_id[:8]})"
+            studies[name] = R.load_records(files["final_fits.json"])
+            smoke += [name] if run.get("meta", {}).get("smoke") else []
+    return R.beside(studies, out, smoke)
 
 
 def main(argv):

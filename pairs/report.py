@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib
 
-from . import figures, published, tables
+from . import claims, figures, published, tables
 from .models import parse
 from .protocol import SCORES, TIE_RULE, FitRecord, search_table, tied
 from .stats import DIVERGED_MIN_EPOCHS, MIN_PAIRED_ROUNDS
@@ -35,8 +35,9 @@ REPORT = """# Comparing two MNIST digits: weight sharing and auxiliary losses �
 Rule: {rule}.
 {ties}{chosen}
 ## Table 2 — final evaluation (mean ± std over {rounds} rounds)
-s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once),
-not comparable one to one with the study's one-model-at-a-time column. {diverged}
+s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once): one
+measurement on a machine that may have been shared, not comparable one to one with the study's one-model-at-a-time
+column. {diverged}
 
 {table2}
 {findings}
@@ -55,7 +56,8 @@ SETUP = """- **Data**: pairs of MNIST digits average-pooled 2x2 to 14x14; target
 - **Models**: ConvNet and MLP, each plain, with weight sharing (WS), auxiliary digit loss (AL, weight {p.aux_weight}), both.
 - **Protocol**: {searched}; selection by lowest validation error (the rule under Selection);
   final evaluation {p.final_rounds} rounds x {variants} variants. {optimizer}, lr {p.lr}{as_searched}. Base seed {p.seed}.
-- **Options beyond the study**: {options}.
+- **Final rounds**: {rounds_seen}
+- **Options beyond the study**: {options}.{fixed}
 - **Machine**: {machine}; device {device}; {versions}.
 - **Wall time**: {wall_time}."""
 
@@ -64,9 +66,10 @@ ARMS = """# Study `{name}`: arms on paired rounds
 {description}
 
 - **Study file**: `{path}`; {p.final_rounds} paired rounds (every arm on the same pairs and seeds), {p.pairs} pairs per split.
-- **Machine**: {machine}; device {device}.
-- **Wall time**: {wall_time}.
-
+- **Final rounds**: {rounds_seen}
+- **Machine**: {machine}; device {device}. Every arm, the first included, was trained in this run.
+- **Wall time**: {wall_time}.{history}
+{headline}
 {table}
 {legend}
 
@@ -117,51 +120,33 @@ def final_artifacts(records, out):
     t2, cmp = table2(records), comparisons(records)
     losses = [path for arch, fig in figures.loss_curves(records).items()
               for path in _save(fig, out, f"loss_{arch}", svg=True)]
-    return (write_tables(out, "table2", t2, display(t2, "table2")) + write_tables(out, "statistics", cmp, cmp)
+    return (write_tables(out, "table2", t2, display(t2, "table2")) + write_tables(out, "statistics", cmp, display(cmp, "statistics"))
             + losses + _save(figures.error_strip(records), out, "test_error_by_round")
             + [save_records(records, out / "final_fits.json")])
 
 
 def conclusions(t2, cmp):
-    """Which of the study's claims hold here, decided from the paired statistics (all rounds)."""
-    lines = []
-
-    def row(arch, name):
-        hit = cmp[(cmp.architecture == arch) & (cmp.comparison == name) & (cmp.rounds == "all rounds")]
-        return hit.iloc[0] if len(hit) else None
-
-    def verdict(r):
-        if r is None or r.n < 2:
-            return "not testable (too few rounds)"
-        by_t, by_w = r.ci_high < 0 or r.ci_low > 0, r.wilcoxon_pvalue < 0.05
-        word = "lower" if r.diff_mean < 0 else "higher"
-        sig = {(True, True): "significant at 5% by both tests", (False, False): "not significant at 5% by either test",
-               (True, False): "significant at 5% by the t-test only", (False, True): "significant at 5% by the "
-               "Wilcoxon test only"}[by_t, by_w]
-        return (f"{100 * r.diff_mean:+.2f} points (95% CI {100 * r.ci_low:+.2f} to {100 * r.ci_high:+.2f}, "
-                f"t-test p={r.t_pvalue:.3g}, Wilcoxon p={r.wilcoxon_pvalue:.3g}): test error {word}, {sig}")
-
-    for arch in dict.fromkeys(cmp.architecture):
-        ws, al = row(arch, "WS vs plain"), row(arch, "AL vs plain")
-        both_vs_al = row(arch, "WS+AL vs AL")
-        lines.append(f"- **{arch}**: WS vs plain {verdict(ws)}; AL vs plain {verdict(al)}; WS+AL vs AL {verdict(both_vs_al)}.")
-        if ws is not None and al is not None:
-            holds = al.diff_mean < ws.diff_mean
-            lines.append(f"  - \"AL helps more than WS\": {'holds' if holds else 'does not hold'} for {arch} by the "
-                         f"point estimates ({100 * al.diff_mean:+.2f} vs {100 * ws.diff_mean:+.2f} points; the "
-                         "difference of the two is not tested).")
-        if both_vs_al is not None and both_vs_al.n >= 2:
-            better = both_vs_al.ci_high < 0
-            lines.append(f"  - \"WS+AL beats AL\" (the study: {'yes' if published.ws_al_beats_al(arch) else 'no'}): "
-                         f"{'yes' if better else 'not significantly'} here (the t-test's 95% CI "
-                         f"{'lies below 0' if better else 'reaches 0 or above'}).")
+    """The paper's claims judged by the claims policy (pairs.claims), the exploratory comparisons as estimates, the
+    parameter counts as counted, and why timings are not judged."""
+    declared, rest = cmp[cmp.declared], cmp[~cmp.declared]
+    lines = [f"Declared before the run: the paper's {len(declared)} claims about test error below (paired t-test, "
+             f"two-sided, Holm-corrected over these {len(declared)}, 5%); a verdict needs the same result on all "
+             "rounds and on the rounds without a diverged fit, else it is inconclusive."]
+    lines += [f"- {r.architecture}, {r.comparison} (the paper: {r.expect}): {claims.said(r._asdict())}."
+              for r in declared.itertuples(index=False)]
+    if len(rest):
+        lines.append("\nExploratory (declared by nobody; estimates, no verdict):")
+        lines += [f"- {r.architecture}, {r.comparison}: {claims.said(r._asdict())}." for r in rest.itertuples(index=False)]
+    counted = []
     for arch in dict.fromkeys(parse(v)[0] for v in t2.variant):
         plain, ws = t2[t2.variant == arch], t2[t2.variant == f"{arch}_WS"]
         if len(plain) and len(ws):
-            ratio = plain.param_count.iloc[0] / ws.param_count.iloc[0]
-            t = ws.s_per_epoch.iloc[0] / plain.s_per_epoch.iloc[0]
-            lines.append(f"- \"WS halves the parameters and lowers the time\" ({arch}): parameters /{ratio:.2f}; "
-                         f"s/epoch x{t:.2f} ({'lower' if t < 1 else 'not lower'}).")
+            a, b = plain.param_count.iloc[0], ws.param_count.iloc[0]
+            counted.append(f"{arch} {a} -> {b} (/{a / b:.2f})")
+    if counted:
+        lines.append(f"\nParameters, counted: weight sharing takes {'; '.join(counted)}.")
+    lines.append("Training time is not judged: each variant's s/epoch above is one measurement of its stacked training "
+                 "on a\nmachine that may have been shared; BENCHMARKS.md compares speeds from interleaved repeats.")
     return "\n".join(lines)
 
 
@@ -189,7 +174,8 @@ def setup(protocol, records, variants, meta, study):
     options = ", ".join(f"{k}={v}" for k, v in p.training().items()
                         if v != getattr(Training(), k) and k not in ("lr", "aux_weight", "normalize"))
     return SETUP.format(
-        p=p, inputs="standardised with the training set mean/std" if p.normalize else "raw (0..255), as the study",
+        p=p, inputs="standardised with the training set mean/std" if p.normalize else "raw (0..255); the study's text "
+        "does not say how it scaled its inputs", rounds_seen=rounds_seen(p, meta), fixed=fixed(study),
         searched=searched(p, study), variants=variants, optimizer=optimizer(records),
         as_searched=" (or as searched)" * space, options=options or ("as selected (below)" if space else "none"),
         machine=meta.get("machine", "?"), device=meta.get("device", "?"), versions=meta.get("versions", ""),
@@ -203,16 +189,42 @@ def selected(selection):
 
 
 def ties(search):
-    """The candidates tied with each selection, named, or nothing."""
+    """The candidates tied with each selection, named: the search cannot tell them apart, the rule picks one."""
     lines = []
     for arch, rows in tied(search_table(search)).items():
         keys = [k for k in rows[0] if k not in SCORES]
         differ = [k for k in keys if len({str(r[k]) for r in rows}) > 1]
         lines.append(f"- {arch}: {len(rows)} candidates tied at {rows[0]['val_errors']} of {rows[0]['val_pairs']} "
-                     "validation pairs misclassified, told apart by the rule: " + "; ".join(
-                         ", ".join(f"{k} {r[k]:.4g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in differ)
-                         + (" (selected)" if i == 0 else "") for i, r in enumerate(rows)) + ".")
+                     "validation pairs misclassified: the search cannot tell them apart, and the rule picks one: " +
+                     "; ".join(", ".join(f"{k} {r[k]:.4g}" if isinstance(r[k], float) else f"{k} {r[k]}"
+                                         for k in differ) + (" (selected)" if i == 0 else "")
+                               for i, r in enumerate(rows)) + ".")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def rounds_seen(protocol, meta):
+    """Which final rounds a run evaluates on, and which published folders evaluated on the same ones (`meta`'s
+    `seen`): test rounds are spent once seen."""
+    p = protocol
+    base = p.seed if p.final_seed is None else p.final_seed
+    where = (f"rounds 0-{p.final_rounds - 1} of base seed {base} ({p.pairs} pairs per split)" if p.final_rounds > 1
+             else f"round 0 of base seed {base} ({p.pairs} pairs per split)")
+    seen = meta.get("seen", ())
+    if not seen:
+        return f"{where}; no other published folder evaluated on these rounds."
+    return (f"{where}; also evaluated in {', '.join(seen)}: test rounds are spent once seen, so a choice made\n"
+            "  after reading those reports has seen these rounds, and agreement with them is not a confirmation.")
+
+
+def fixed(study):
+    """For a study with a search: what it searched, what its file fixed without a search, and its history."""
+    if study is None or not study.space:
+        return ""
+    options = {k: v for k, v in study.protocol.items() if k in Training.__dataclass_fields__} | study.final
+    searched_ = ", ".join(n for n, _ in study.space)
+    out = (f"\n- **Searched** (by cross-validation): {searched_}. **Fixed in the study file**, not searched: "
+           f"{', '.join(f'{k}={v}' for k, v in options.items()) or 'nothing'}.")
+    return out + (f"\n- **History** (the study file's, as written): {study.history}" if study.history else "")
 
 
 def diverged_note(t2, fits):
@@ -230,9 +242,8 @@ def statistics(t2, cmp, protocol, meta):
         return f"## Paired statistics and conclusions\nLeft out: {_not_enough(protocol, meta)}.\n"
     if not len(cmp):
         return ""
-    shown = cmp.assign(**{c: (100 * cmp[c]).round(2) for c in ("diff_mean", "ci_low", "ci_high")})
     return (f"## Paired statistics (test error of the second variant minus the first, in points, same rounds)\n"
-            f"{markdown(shown)}\n## Conclusions\n{conclusions(t2, cmp)}\n")
+            f"{markdown(display(cmp, 'statistics'))}\n## Conclusions\n{conclusions(t2, cmp)}\n")
 
 
 def banner(meta):
@@ -276,38 +287,58 @@ def render(search, final, selection, protocol, meta, study=None):
 
 
 def arms_lines(table):
-    """Per variant: the first arm against the study's number, and how much of that gap each other arm closes."""
+    """Per variant: the first arm's test error, and each later arm against it, judged by the claims policy; where
+    the first arm trains the study's model, the share of the gap to the study's number as an estimate."""
     lines = []
     for variant, rows in table.groupby("variant", sort=False):
         first, rest = rows.iloc[0], rows.iloc[1:]
-        if first.published_test_error_mean != first.published_test_error_mean:  # not the study's model
-            lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%. " + "; ".join(
-                f"{r.arm}: {100 * r.test_error_mean:.2f}%, {100 * r.diff_mean:+.2f} points (95% CI "
-                f"{100 * r.ci_low:+.2f} to {100 * r.ci_high:+.2f})" for r in rest.itertuples()) + ".")
-            continue
-        lines.append(f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%, the study "
-                     f"{100 * first.published_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points). " + "; ".join(
-                         f"{r.arm}: {100 * -r.diff_mean:+.2f} points closed (95% CI {100 * -r.ci_high:+.2f} to "
-                         f"{100 * -r.ci_low:+.2f}), {100 * r.share_of_gap_closed:.0f}% of the gap"
-                         for r in rest.itertuples()) + ".")
-        best = rows.loc[rows.test_error_mean.idxmin()]
-        lines.append(f"  Left unexplained by the best arm ({best.arm}): "
-                     f"{100 * (best.test_error_mean - best.published_test_error_mean):+.2f} points.")
+        said = []
+        for r in rest.to_dict("records"):
+            text = f"  - {r['arm']}: {claims.said(r | {'declared': True, 'expect': ''})}"
+            if r["share_of_gap_closed"] == r["share_of_gap_closed"]:
+                share = (f"{100 * r['share_of_gap_closed']:.0f}% of the gap (95% interval "
+                         f"{100 * r['share_low']:.0f}% to {100 * r['share_high']:.0f}%)")
+                text += f", closing {share}" if r["verdict"] == "lower" else f"; as an estimate, {share}"
+            said.append(text)
+        study = (f", the study {100 * first.published_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points)"
+                 if first.published_test_error_mean == first.published_test_error_mean else "")
+        lines += [f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%{study}."] + [t + "." for t in said]
     return lines
 
 
+def headline(table, study, enough):
+    """The arm the study file declared, before the run, to be its result: its mean test error with a 95% interval."""
+    if not study.headline or not enough:
+        return ""
+    rows = table[table.arm == study.headline]
+    return (f"\n## Headline (the arm `{study.headline}`, declared in the study file before the run)\n" + "\n".join(
+        f"- {r.variant}: **{100 * r.test_error_mean:.2f}%** mean test error over {r.rounds} rounds (95% CI "
+        f"{100 * r.mean_ci_low:.2f} to {100 * r.mean_ci_high:.2f}; std {100 * r.test_error_std:.2f})."
+        for r in rows.itertuples()) + "\n")
+
+
 def render_arms(table, study, protocol, meta):
-    """REPORT.md of a study of fixed arms: each arm against the first, as points and as a share of the gap."""
+    """REPORT.md of a study of fixed arms: each later arm against the first, judged by the claims policy."""
     enough = tested(protocol, meta)
     lines = arms_lines(table) if enough else [
         f"Differences, intervals and shares of the gap are left out: {_not_enough(protocol, meta)}."]
+    legend = ("Differences are paired (same rounds), each later arm minus the first; each arm differs from the first by "
+              "the settings\nin its name, and its difference measures that change on these rounds. Declared before "
+              "the run (by the file's\narms): every later arm against the first, a family of "
+              f"{int(table.diff_mean.notna().sum())} comparisons (paired t-test, "
+              "two-sided, Holm-corrected, 5%); a verdict needs the same result on all\nrounds and on the rounds "
+              "without a diverged fit, else it is inconclusive.")
+    if table.published_test_error_mean.notna().any():
+        legend += (" The share of the gap is (first arm - arm) / (first arm - the study's\npublished mean), its "
+                   "interval a bootstrap over rounds that also draws the published mean from its standard error;\n"
+                   "an arm says what its change does here, not why the study's numbers are what they are.")
     return ARMS.format(
         name=Path(study.path).stem, banner=banner(meta), description=study.description, path=study.path, p=protocol,
-        machine=meta.get("machine", "?"), device=meta.get("device", "?"), wall_time=meta.get("wall_time", "?"),
+        rounds_seen=rounds_seen(protocol, meta), machine=meta.get("machine", "?"), device=meta.get("device", "?"),
+        wall_time=meta.get("wall_time", "?"), history=f"\n- **History** (the study file's, as written): "
+        f"{study.history}" if study.history else "", headline=headline(table, study, enough),
         table=markdown(display(table, "arms", tested=enough)), lines="\n".join(lines), command=command(meta),
-        legend="Differences are paired (same rounds), second arm minus the first" + (
-            "; \"closed\" is minus that difference, as a\nshare of the gap between the first arm and the study's "
-            "published test error." if table.published_test_error_mean.notna().any() else "."))
+        legend=legend)
 
 
 def arms_report(records, study, protocol, out, meta):
@@ -325,7 +356,7 @@ def full_report(search, final, selection, protocol, out, meta, study=None):
     return paths + [out / "REPORT.md"]
 
 
-def beside(studies, out):
+def beside(studies, out, smoke=()):
     """Several studies' final rounds in one place (pairs.tables.beside; `studies`: {name: final records}), written
     to out as beside.md, beside_table2.csv, beside_paired.csv and beside_test_error.png."""
     t2, cmp, errors = tables.beside(studies)
@@ -334,12 +365,18 @@ def beside(studies, out):
     first = next(iter(studies))
     name = lambda r: f"#{r['row']} {r['study']} {r['variant']} {r['batch_size']}/{r['epochs']}"  # noqa: E731
     lines = ["# Final rounds beside each other", "", f"Studies: {', '.join(studies)}. Mean ± std over rounds; "
-             "options: those not at the study's default.", "", markdown(display(t2, "beside")),
-             f"Each row against the rows of {first} of its architecture: the difference in test error (that row "
-             "minus the other, points) over the rounds that drew the same pairs, 95% CI.", ""]
-    lines += [f"- {name(t2.iloc[c.row - 1])} vs {name(t2.iloc[c.against - 1])}: {100 * c.diff_mean:+.2f} "
-              f"({100 * c.ci_low:+.2f} to {100 * c.ci_high:+.2f}), n={c.n}" for c in cmp.itertuples()
-              ] or ["- no two rows to compare"]
+             "options: those not at the study's default.", ""]
+    lines += [f"> **Smoke run** among them ({', '.join(smoke)}): its numbers show that the pipeline runs end to end; "
+              "they are not findings.", ""] if smoke else []
+    lines += [markdown(display(t2, "beside")),
+              f"Each row against the rows of {first} of its architecture: the difference in test error (that row "
+              "minus the other, points) over the rounds that drew the same pairs, 95% CI. Exploratory: nobody "
+              "declared these comparisons, so they carry no verdict; and the rounds both rows share are the same "
+              "test rounds, seen by both.", ""]
+    lines += [f"- {name(t2.iloc[c.row - 1])} vs {name(t2.iloc[c.against - 1])}: " + (
+        f"{claims.points(c.diff_mean, c.ci_low, c.ci_high).replace('95% CI ', '')}, n={c.n}"
+        if c.n >= MIN_PAIRED_ROUNDS else f"n={c.n} paired rounds, too few for an interval (at least "
+        f"{MIN_PAIRED_ROUNDS})") for c in cmp.itertuples()] or ["- no two rows to compare"]
     (out / "beside.md").write_text("\n".join(lines) + "\n")
     fig = figures.beside_errors([f"#{r} {v}" for r, v in zip(t2.row, t2.variant)], [list(e.values()) for e in errors])
     return [out / "beside_table2.csv", out / "beside_paired.csv", *_save(fig, out, "beside_test_error"),

@@ -6,15 +6,17 @@ at: percentages, mean ± std. Paired comparisons use the same rounds (same pairs
 """
 import pandas as pd
 
-from . import published
+from . import claims, published
 from .models import parse
 from .protocol import final_groups, final_table, groupby, options_text, search_table, selection_of
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
 
 # technique vs its base, as the study argues them
-COMPARISONS = [("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"),
+COMPARISONS = [("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"), ("AL vs WS", "_WS", "_AL"),
                ("WS+AL vs AL", "_AL", "_WS_AL"), ("WS+AL vs WS", "_WS", "_WS_AL")]
 PAIRED = ["n", "diff_mean", "ci_low", "ci_high", "t_pvalue"]
+JUDGED = ["label", "comparison", "declared", "expect", "n", "diff_mean", "ci_low", "ci_high", "t_pvalue",
+          "holm_pvalue", "n_kept", "diff_mean_kept", "ci_low_kept", "ci_high_kept", "holm_pvalue_kept", "verdict"]
 
 
 def markdown(df):
@@ -63,47 +65,72 @@ def _paired(a, b):
             "wilcoxon_pvalue": p.wilcoxon_pvalue}
 
 
-def comparisons(records):
-    """Paired test-error differences of each technique against its base, over the same rounds."""
+def _rounds(records):
+    """{config: {round: record}} of final fits."""
     by = {}
     for r in records:
-        by.setdefault(r.variant, {})[r.round] = r
-    rows = []
+        by.setdefault(r.config, {})[r.round] = r
+    return by
+
+
+def _broke(*sides):
+    """The rounds where a fit of any side diverged (only said of fits of DIVERGED_MIN_EPOCHS epochs or more)."""
+    return frozenset(k for side in sides for k, r in side.items()
+                     if r.config.epochs >= DIVERGED_MIN_EPOCHS and diverged(r.final_errors[0]))
+
+
+def _errors(side):
+    return {k: r.final_errors[1] for k, r in side.items()}
+
+
+def comparisons(records):
+    """Each technique against its base over the same rounds, judged by the claims policy (pairs.claims): the
+    paper's claims are declared (with the paper's direction), the rest exploratory."""
+    by = {cfg.variant: rounds for cfg, rounds in _rounds(records).items()}
+    found = []
     for arch in dict.fromkeys(parse(v)[0] for v in by):
         for name, base, treated in COMPARISONS:
             a, b = by.get(arch + base), by.get(arch + treated)
-            if not a or not b:
-                continue
-            for subset in ("all rounds", "without diverged"):
-                keep = [k for k in a.keys() & b.keys() if subset == "all rounds" or not (
-                    diverged(a[k].final_errors[0]) or diverged(b[k].final_errors[0]))]
-                rows.append({"architecture": arch, "comparison": name, "rounds": subset, **_paired(
-                    {k: a[k].final_errors[1] for k in keep}, {k: b[k].final_errors[1] for k in keep})})
-    return pd.DataFrame(rows, columns=["architecture", "comparison", "rounds", *PAIRED, "wilcoxon_pvalue"])
+            if a and b:
+                expect = ("lower" if name != "WS+AL vs AL" or published.ws_al_beats_al(arch) else "higher")
+                found.append(claims.Comparison(arch, name, _errors(a), _errors(b), _broke(a, b),
+                                               name in claims.PAPER, expect if name in claims.PAPER else ""))
+    return pd.DataFrame(claims.judge(found), columns=JUDGED).rename(columns={"label": "architecture"})
 
 
 def arms_table(records, protocol, arms):
-    """Per variant and arm: test error over the rounds, its paired difference to the first arm (95% CI), and
-    the share of the gap between the first arm and the study's published number that the difference closes:
-    only where the first arm trains the study's model (no training option away from the defaults); NaN else."""
-    by_config = {}
-    for r in records:
-        by_config.setdefault(r.config, {})[r.round] = r.final_errors[1]
-    target = published.test_error()
-    rows, base = [], {}
+    """Per variant and arm: test error over the rounds (mean with its 95% interval), and each later arm against the
+    first, judged by the claims policy (the family: every later arm of every variant). Where the first arm trains
+    the study's model (no option away from the defaults), the share of the gap between the first arm and the
+    study's published number that an arm closes, with a bootstrap interval that includes the published mean's own
+    uncertainty; NaN else."""
+    by_config = _rounds(records)
+    target, spread = published.test_error(), published.table("table2").set_index("variant").test_error_std
+    rows, base, found = [], {}, []
     for name, arm in arms:
         for g in final_groups(protocol, selection_of(arm), name):
             cfg = g.fits[0].config
-            errs = by_config[cfg]
-            first, studys = base.setdefault(cfg.variant, (errs, not options_text(cfg)))
-            p = _paired(first, errs)
-            m, sd = mean_std(errs.values())
+            side = by_config[cfg]
+            first, studys = base.setdefault(cfg.variant, (side, not options_text(cfg)))
+            errs = _errors(side)
+            m, lo, hi = claims.mean_interval(list(errs.values()))
             theirs = target.get(cfg.variant, float("nan")) if studys else float("nan")
-            gap = mean_std(first.values())[0] - theirs
+            share = (float("nan"),) * 3
+            if first is not side and theirs == theirs and len(errs) > 1:
+                share = claims.share_interval(_errors(first), errs, theirs,
+                                              spread[cfg.variant] / published.ROUNDS ** 0.5)
             rows.append({"variant": cfg.variant, "arm": name, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                         "test_error_mean": m, "test_error_std": sd, "rounds": len(errs),
-                         **{k: p[k] for k in PAIRED[1:]}, "published_test_error_mean": theirs, "gap": gap,
-                         "share_of_gap_closed": -p["diff_mean"] / gap if gap else float("nan")})
+                         "test_error_mean": m, "test_error_std": mean_std(errs.values())[1], "mean_ci_low": lo,
+                         "mean_ci_high": hi, "rounds": len(errs), "diverged": len(_broke(side)),
+                         "published_test_error_mean": theirs,
+                         "gap": mean_std(_errors(first).values())[0] - theirs, "share_of_gap_closed": share[0],
+                         "share_low": share[1], "share_high": share[2]})
+            if first is not side:
+                found.append(claims.Comparison(cfg.variant, name, _errors(first), errs, _broke(first, side), True))
+    judged = {(j["label"], j["comparison"]): j for j in claims.judge(found)}
+    cols = [c for c in JUDGED if c not in ("label", "comparison", "declared", "expect")]
+    rows = [r | {c: judged.get((r["variant"], r["arm"]), {}).get(c, float("nan") if c != "verdict" else "")
+                 for c in cols} for r in rows]
     order = {v: i for i, v in enumerate(protocol.variants)}
     return pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
 
@@ -111,7 +138,8 @@ def arms_table(records, protocol, arms):
 def beside(studies):
     """Several studies' final rounds side by side (`studies`: {name: final records}): Table 2 with a study column,
     a row per configuration; each later study's rows against the first study's rows of the same architecture,
-    paired over the rounds that drew the same pairs; and each row's test error per round ({round: error})."""
+    paired over the rounds that drew the same pairs (exploratory: nobody declared these); and each row's test
+    error per round ({round: error})."""
     rows, errors = [], []
     for study, records in studies.items():
         for cfg, group in groupby(records, lambda r: r.config).items():
@@ -133,7 +161,7 @@ def _pm(df, name):
 def display(df, kind, tested=True):
     """The table a reader looks at (kind: table1, table2, arms or beside): mean ± std in %, ours beside the
     study's. In the arms table, a variant's first arm is the reference ("—"), as is every arm when not `tested`."""
-    batch_epochs = [f"{b}/{e}" for b, e in zip(df.batch_size, df.epochs)]
+    batch_epochs = [f"{b}/{e}" for b, e in zip(df.batch_size, df.epochs)] if "batch_size" in df else None
     if kind == "table1":
         options = {c: df[c] for c in df.columns if c not in ("architecture", "batch_size", "epochs", "fits")
                    and not c.startswith(("train_", "val_", "published_"))}
@@ -154,13 +182,29 @@ def display(df, kind, tested=True):
         shown = [tested and not first for first in ~df.variant.duplicated()]
         cols = {"variant": df.variant, "arm": df.arm, "batch/epochs": batch_epochs,
                 "test error %": _pm(df, "test_error"),
-                "vs first arm (points, 95% CI)": [f"{100 * d:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})" if s else "—"
+                "mean, 95% CI %": [f"{100 * lo:.2f} to {100 * hi:.2f}" if tested and lo == lo else "—"
+                                   for lo, hi in zip(df.mean_ci_low, df.mean_ci_high)],
+                "diverged": df.diverged,
+                "vs first arm (points, 95% CI)": [claims.points(d, lo, hi).replace("95% CI ", "") if s else "—"
                                                   for s, d, lo, hi in zip(shown, df.diff_mean, df.ci_low, df.ci_high)],
+                "Holm p": [f"{v:.3g}" if s and v == v else "—" for s, v in zip(shown, df.holm_pvalue)],
+                "verdict": [v if s else "—" for s, v in zip(shown, df.verdict)],
                 "published %": [f"{100 * v:.2f}" if v == v else "—" for v in df.published_test_error_mean],
-                "share of the gap closed": [f"{100 * v:.0f}%" if s and v == v else "—" for s, v in zip(
-                    shown, df.share_of_gap_closed)]}
+                "share of the gap closed (95% interval)": [
+                    f"{100 * v:.0f}% ({100 * lo:.0f}% to {100 * hi:.0f}%)" if s and v == v else "—"
+                    for s, v, lo, hi in zip(shown, df.share_of_gap_closed, df.share_low, df.share_high)]}
         if df.published_test_error_mean.isna().all():  # no arm trains the study's model: nothing to compare with
-            del cols["published %"], cols["share of the gap closed"]
+            del cols["published %"], cols["share of the gap closed (95% interval)"]
+    elif kind == "statistics":
+        ci = lambda d, lo, hi: [claims.points(*v).replace("95% CI ", "") for v in zip(d, lo, hi)]  # noqa: E731
+        p = lambda ps: ["—" if v != v else f"{v:.3g}" for v in ps]  # noqa: E731
+        cols = {"architecture": df.architecture, "comparison": df.comparison,
+                "the paper": [e if d else "—" for d, e in zip(df.declared, df.expect)], "rounds": df.n,
+                "difference (points, 95% CI)": ci(df.diff_mean, df.ci_low, df.ci_high), "Holm p": p(df.holm_pvalue),
+                "rounds without diverged": df.n_kept,
+                "difference without diverged": ci(df.diff_mean_kept, df.ci_low_kept, df.ci_high_kept),
+                "Holm p without diverged": p(df.holm_pvalue_kept),
+                "verdict": [claims.status(r) for r in df.to_dict("records")]}
     else:
         cols = {"#": df.row, "study": df.study, "variant": df.variant, "options": df.options,
                 "batch/epochs": batch_epochs, "rounds": df.rounds, "test error %": _pm(df, "test_error"),

@@ -25,21 +25,27 @@ def test_the_optimizer_named_is_the_one_the_fits_used():
 
 
 def test_published_claims_only_where_their_variants_are():
-    assert "ConvNet std" in published.known_causes(["ConvNet", "MLP"])
-    mlp = published.known_causes(["MLP_AL"])
-    assert "ConvNet" not in mlp and "final MLP used batch size 25 picked on the test set" in mlp
-    assert "final MLP" not in published.known_causes(["ConvNet_WS"])
+    assert "ConvNet std" in published.procedure(["ConvNet", "MLP"])
+    mlp = published.procedure(["MLP_AL"])
+    assert "ConvNet" not in mlp and "final MLP used batch size 25, chosen by a comparison its text does not" in mlp
+    assert "final MLP" not in published.procedure(["ConvNet_WS"])
+    assert "test set" not in published.choices() + mlp  # the paper does not say on which pairs it compared
 
 
 def test_the_first_arm_is_the_reference():
+    nan = float("nan")
     table = pd.DataFrame({"variant": ["MLP_AL", "MLP_AL", "ConvNet_AL"], "arm": ["a", "b", "a"],
                           "batch_size": 25, "epochs": 50, "test_error_mean": 0.1, "test_error_std": 0.01,
-                          "diff_mean": [0.0, -0.01, 0.0], "ci_low": [0.0, -0.02, 0.0], "ci_high": [0.0, 0.0, 0.0],
-                          "published_test_error_mean": 0.1, "share_of_gap_closed": [0.0, 0.5, 0.0]})
+                          "mean_ci_low": 0.09, "mean_ci_high": 0.11, "diverged": 0,
+                          "diff_mean": [nan, -0.01, nan], "ci_low": [nan, -0.02, nan], "ci_high": [nan, 0.0, nan],
+                          "holm_pvalue": [nan, 0.06, nan], "verdict": ["", "inconclusive", ""],
+                          "published_test_error_mean": 0.1, "share_of_gap_closed": [nan, 0.5, nan],
+                          "share_low": [nan, 0.2, nan], "share_high": [nan, 0.8, nan]})
     shown = display(table, "arms")
     assert list(shown["vs first arm (points, 95% CI)"]) == ["—", "-1.00 (-2.00 to +0.00)", "—"]
-    assert list(shown["share of the gap closed"]) == ["—", "50%", "—"]
-    assert set(display(table, "arms", tested=False)["share of the gap closed"]) == {"—"}
+    assert list(shown["share of the gap closed (95% interval)"]) == ["—", "50% (20% to 80%)", "—"]
+    assert list(shown["verdict"]) == ["—", "inconclusive", "—"]
+    assert set(display(table, "arms", tested=False)["share of the gap closed (95% interval)"]) == {"—"}
 
 
 def test_importing_the_report_sets_no_backend_and_reads_nothing():
