@@ -44,4 +44,35 @@ gpu-check: venv
 	  print(f'extended study on cuda: {time.time() - t:.0f} s')" $(VENV)/bin/python -m flows --study extended \
 	  --device cuda --experiment gpu-check --register-model no
 
-.PHONY: venv test run ui prefect bench gpu-check
+# One tracking server for many pipelines (README, "More machines"). `make postgres`: a PostgreSQL cluster in PG_DATA,
+# initialised once, started on 127.0.0.1:PG_PORT, with a database `mlflow` (initdb refuses root: as root it runs as
+# the user `postgres`, so PG_DATA's parent folders must be readable by it). `make tracking-server`: `mlflow server` on
+# it at 127.0.0.1:PORT, artifacts under mlruns/server-artifacts. A team's shared database instead of the local one:
+# make tracking-server PG_URI=postgresql://USER:PASSWORD@HOST:5432/DB. `make postgres-stop` stops the local cluster.
+PG_BIN ?= $(or $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin))),$(patsubst %/,%,$(dir $(shell command -v initdb))))
+PG_DATA ?= $(CURDIR)/mlruns/postgres
+PG_PORT ?= 5433
+PG_URI ?= postgresql://mlflow@127.0.0.1:$(PG_PORT)/mlflow
+PORT ?= 5000
+AS_PG = $(if $(filter 0,$(shell id -u)),runuser -u postgres --)
+PSQL = $(AS_PG) $(PG_BIN)/psql -h 127.0.0.1 -p $(PG_PORT) -U mlflow
+
+postgres:
+	@test -x "$(PG_BIN)/initdb" || { echo "error: no PostgreSQL (initdb): apt-get install postgresql, or set PG_BIN to the folder that holds initdb and pg_ctl" >&2; exit 1; }
+	@test -f "$(PG_DATA)/PG_VERSION" || { mkdir -p "$(PG_DATA)" && $(if $(AS_PG),chown postgres "$(PG_DATA)" &&) \
+	  $(AS_PG) $(PG_BIN)/initdb -D "$(PG_DATA)" -U mlflow -A trust -E UTF8 --no-sync >"$(PG_DATA).initdb.log" 2>&1 || \
+	  { cat "$(PG_DATA).initdb.log" >&2; exit 1; }; }
+	@$(AS_PG) $(PG_BIN)/pg_ctl status -D "$(PG_DATA)" >/dev/null || $(AS_PG) $(PG_BIN)/pg_ctl start -w -D "$(PG_DATA)" \
+	  -l "$(PG_DATA)/server.log" -o "-h 127.0.0.1 -p $(PG_PORT) -k ''"
+	@$(PSQL) -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 || \
+	  $(PSQL) -d postgres -qc "CREATE DATABASE mlflow"
+	@echo "PostgreSQL on 127.0.0.1:$(PG_PORT): $(PG_URI)"
+
+postgres-stop:
+	$(AS_PG) $(PG_BIN)/pg_ctl stop -D "$(PG_DATA)" -m fast
+
+tracking-server: venv $(if $(findstring @127.0.0.1:$(PG_PORT)/,$(PG_URI)),postgres)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(PG_URI) \
+	  --artifacts-destination $(CURDIR)/mlruns/server-artifacts --host 127.0.0.1 --port $(PORT) --workers 2
+
+.PHONY: venv test run ui prefect bench gpu-check postgres postgres-stop tracking-server
