@@ -6,16 +6,41 @@ Prefect or MLflow call, so a typo fails in a second.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from . import ROOT
 from .lifetime import start
-from .settings import SETTINGS, mlproject, preflight, validate
+from .settings import SETTINGS, flow_values, mlproject, preflight, validate
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)  # `-P profil=quick` must not run as --profile quick
+
     def error(self, message):  # one line, not the whole usage block
+        drop_mlflow_run("FAILED")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def drop_mlflow_run(status):
+    """Under `mlflow run`: the run it opened for this command, when the command leaves it unused (input refused, a
+    report rebuilt into reports/), is ended and deleted, so that no empty run is left in the runs list. Only a run
+    that `mlflow run` opened and nothing of ours was logged to (no pairs.kind tag)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from .settings import tracking_uri
+    try:
+        client = MlflowClient(tracking_uri())
+        tags = client.get_run(run_id).data.tags
+        if "mlflow.project.entryPoint" in tags and "pairs.kind" not in tags:
+            client.set_terminated(run_id, status)  # (`mlflow run` then leaves its status alone)
+            client.delete_run(run_id)
+    except Exception as e:  # the command's own message matters more
+        print(f"note: the run {run_id} that mlflow run opened is left as it is ({e})", file=sys.stderr)
 
 
 def _argument_type(setting):
@@ -36,7 +61,7 @@ def run_parser():
                       "`python -m flows mlproject` (rewrite MLproject from the settings).")
     for s in SETTINGS:
         shown = " (default: the profile's)" if s.from_profile else f" (default: {s.default})" * (s.default is not None)
-        choices = f"; one{' or more' if s.many else ''} of {','.join(map(str, s.choices))}" if s.choices else ""
+        choices = f"; one{' or more' if s.many else ''} of {', '.join(map(str, s.choices))}" if s.choices else ""
         alias = [f"--{s.name}"] if "_" in s.name else []  # as `mlflow run -P batch_sizes=...` passes it on
         p.add_argument(s.flag, *alias, dest=s.name, type=_argument_type(s), default=s.default,
                        metavar=s.name.upper(), help=s.help + choices + shown)
@@ -50,6 +75,7 @@ def run_values(argv):
     try:
         preflight(validate(**values)[0])
     except ValueError as e:
+        drop_mlflow_run("FAILED")
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return values
@@ -63,20 +89,25 @@ def main(argv=None):
         print(f"wrote {ROOT / 'MLproject'}")
         return 0
     if argv and argv[0] in ("serve", "report", "bench"):
-        return importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
+        code = 1
+        try:
+            code = importlib.import_module(f".{argv[0]}", __package__).main(argv[1:])
+            return code
+        finally:
+            if argv[0] == "report":  # (`mlflow run . -e report`: the report goes to reports/, not to that run)
+                drop_mlflow_run("FINISHED" if code == 0 else "FAILED")
     values = run_values(argv[1:] if argv[:1] == ["run"] else argv)
     from prefect.exceptions import TerminationSignal
 
     from .pipeline import pipeline
     try:
-        result = pipeline(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+        pipeline(**flow_values(values))
     except (KeyboardInterrupt, TerminationSignal):  # the flow has said so in one line and ended its runs
         return 130
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"pipeline run {result['run_id']} done: {result['where']}")
-    return 0
+    return 0  # (the flow's last line said where to look)
 
 
 if __name__ == "__main__":

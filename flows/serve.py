@@ -9,7 +9,7 @@ from pairs.protocol import PROFILES
 
 
 def main(argv):
-    p = argparse.ArgumentParser(prog="python -m flows serve", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m flows serve", description=__doc__, allow_abbrev=False)
     p.add_argument("--name", default="pairs-study")
     p.add_argument("--cron", default="0 3 * * 0", help="schedule (default: Sundays 03:00)")
     p.add_argument("--profile", default="full", choices=list(PROFILES))

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pairs.data import MNIST_FILES, DataError, check_mnist, data_root, ensure_mnist
+from pairs.data import MNIST_FILES, DataError, data_root, ensure_mnist
 from pairs import studies
 from pairs.protocol import PROFILES, Protocol
 from pairs.train import DEVICES, option, resolve_device
@@ -29,18 +29,21 @@ from pairs.train import DEVICES, option, resolve_device
 from . import ROOT
 
 STAGES = ("prepare", "search", "final", "report")
+RENAMED = {"register_model": {"auto": "yes"}}  # old spellings of a choice, still taken on the command line
 
 
 @dataclass(frozen=True, kw_only=True)
 class Run:
     """What a pipeline call runs on and how far; the study itself is the Protocol."""
     profile: str = option("full", "the protocol whose values fill every setting left empty", tuple(PROFILES))
-    study: str | None = option(None, f"a study file, or a shipped study's name ({', '.join(studies.shipped())}); its "
+    study: str | None = option(None, f"a shipped study's name ({', '.join(studies.shipped())}) or a study file; its "
                                      "[protocol] overrides the profile, the flags here override it, except for what "
-                                     "it searches (default: the profile's grid)")
+                                     "it searches (default: the profile's grid). Free text, not a dropdown: a file on "
+                                     "the machine that runs the flow is a study too")
     trials: int | None = option(None, "Optuna trials per architecture (default: the study's [search] trials)")
-    register_model: str = option("auto", "register the best model as pairs-best: auto = only a run of its study's full "
-                                   "counts (never the quick profile)", ("auto", "yes", "no"))
+    register_model: str = option("yes", "register the best model as a new version of pairs-best "
+                                  "(models:/pairs-best/latest); only a run of its study's full counts can take the "
+                                  "alias champion, a smoke run never (auto: the old spelling of yes)", ("yes", "no"))
     data_dir: str | None = option(None, "torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
     experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
     device: str = option("cpu", "where to train", DEVICES)
@@ -72,12 +75,22 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def flow_default(self):
+        """The flow parameter's default. Where the setting's own is None (the profile's value, or none), a text or
+        a list of choices takes its empty value instead ('' or []: the same meaning), so that Prefect's form shows
+        a text box or a dropdown at once rather than a `str | None` toggle."""
+        if self.default is None and self.kind is str:
+            return [] if self.many else ""
+        return self.default
+
+    @property
     def annotation(self):
         """The flow parameter's type: choices are a Literal (a dropdown in Prefect's form, refused by its API
-        when not one of them)."""
-        kind = typing.Literal[self.choices] if self.choices else self.kind
+        when not one of them; '' first where empty means the profile's value)."""
+        empty = ("",) if self.flow_default == "" else ()
+        kind = typing.Literal[empty + self.choices] if self.choices else self.kind
         kind = list[kind] if self.many else kind
-        return kind | None if self.default is None else kind
+        return kind | None if self.flow_default is None else kind
 
     def parse(self, text):
         """A command-line or MLproject value; '' means the default (the profile's value)."""
@@ -89,6 +102,8 @@ class Setting:
             what = {int: "integer", float: "number", bool: "true or false", str: "text"}[self.kind]
             what = f"comma-separated {what}s" if self.many else what
             raise ValueError(f"expected {what}, got {text!r}") from None
+        if not self.many:
+            values = RENAMED.get(self.name, {}).get(values, values)
         bad = [v for v in (values if self.many else (values,)) if self.choices and v not in self.choices]
         if bad:
             raise ValueError(f"invalid choice: {bad[0]!r} (choose from {', '.join(map(str, self.choices))})")
@@ -124,13 +139,20 @@ def settings_as_parameters(fn):
     """`fn(**settings)` with every setting a typed keyword parameter and its help in the docstring's Args, so that
     Prefect validates each one and shows it in a deployment's run form."""
     fn.__signature__ = inspect.Signature([inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY,
-                                                            default=s.default, annotation=s.annotation)
+                                                            default=s.flow_default, annotation=s.annotation)
                                           for s in SETTINGS])
     fn.__annotations__ = {n: p.annotation for n, p in fn.__signature__.parameters.items()}
     args = "\n".join(f"    {s.name}: {s.help}" + (" (empty: the profile's value)" if s.from_profile else "")
                      for s in SETTINGS)
     fn.__doc__ = f"{fn.__doc__}\n\nArgs:\n{args}\n"
     return fn
+
+
+def flow_values(values):
+    """Checked command-line values as the flow's parameters: lists for tuples, a setting left out as its flow
+    default ('' or [] where the setting's own is None for a text or a list of choices)."""
+    defaults = {s.name: s.flow_default for s in SETTINGS}
+    return {k: defaults[k] if v is None else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def mlproject():
@@ -165,7 +187,8 @@ entry_points:
 
 
 def _yaml(value):
-    return '""' if value is None else str(value)
+    """A YAML scalar: text quoted (bare, `yes` and `no` would read as booleans)."""
+    return '""' if value is None else f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def make_protocol(profile="full", **overrides):
@@ -182,6 +205,8 @@ def validate(**values):
     unknown = set(values) - {s.name for s in SETTINGS}
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+    empty = {s.name: s.flow_default for s in SETTINGS if s.default is None and s.flow_default is not None}
+    values = {k: None if k in empty and v == empty[k] else v for k, v in values.items()}  # (the flow's '' and [])
     run = Run(**{k: v for k, v in values.items() if k in run_names})
     for s in SETTINGS[:len(run_names)]:
         if s.choices and getattr(run, s.name) not in s.choices:
@@ -220,20 +245,37 @@ def validate(**values):
 
 def preflight(run):
     """What a call needs from outside, looked at before any work, a ValueError of one line if missing: the MNIST
-    files intact (or none yet: the prepare task downloads them), the folders writable, the tracking server and
-    the Dask scheduler answering. It creates nothing."""
-    root = data_root(run.data_dir)
-    try:
-        if not root.exists() and root != Path("data").resolve():
-            ensure_mnist(root, download=False)  # raises: a folder that does not exist is a typo, not a download
-        elif root.exists() and (not root.is_dir() or any((root / "MNIST" / "raw" / n).exists() for n in MNIST_FILES)):
-            check_mnist(root)  # present: complete and intact (a partial folder is named, not downloaded into)
-    except DataError as e:
-        raise ValueError(str(e)) from None
+    files intact (or none yet in the default ./data, and a mirror answering: the prepare task downloads them
+    there), the folders writable, the tracking server and the Dask scheduler answering. It creates nothing."""
+    check_data(data_root(run.data_dir))
     if run.results and not writable(Path(run.results)):
         raise ValueError(f"the results folder {run.results} is not writable")
     check_tracking(tracking_uri())
     check_cluster(run)
+
+
+def check_data(root):
+    """MNIST under `root`, complete and intact. Only the default ./data (no PAIRS_DATA_DIR, no --data-dir) is
+    downloaded into, when none of the files is there yet and a mirror answers; a folder the user named is read,
+    never downloaded into (a folder that does not exist is a typo, an empty one a missing copy)."""
+    present = root.exists() and (not root.is_dir() or any((root / "MNIST" / "raw" / n).exists() for n in MNIST_FILES))
+    try:
+        if present or root != Path("data").resolve():
+            ensure_mnist(root, download=False)
+            return
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    from torchvision.datasets import MNIST
+    for mirror in MNIST.mirrors:  # what torchvision will try, in its order
+        try:
+            urllib.request.urlopen(urllib.request.Request(mirror + MNIST.resources[0][0], method="HEAD"),
+                                   timeout=10).close()
+            return
+        except (urllib.error.URLError, OSError) as e:
+            why = f"{mirror}: {getattr(e, 'reason', None) or e}"
+    raise ValueError(f"MNIST is not in {root} and cannot be downloaded (no mirror answers; {why}): run where the "
+                     "internet is reachable, or point PAIRS_DATA_DIR (or --data-dir) at a folder holding MNIST/raw/ "
+                     "with the four IDX files")
 
 
 def writable(folder):

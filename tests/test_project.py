@@ -37,7 +37,8 @@ def test_every_field_of_protocol_and_run_is_one_setting_everywhere():
     flow = inspect.signature(pipeline.fn).parameters
     mlp = yaml.safe_load(mlproject())["entry_points"]["main"]
     for s in SETTINGS:
-        assert cli[s.name] == flow[s.name].default == s.default, s.name
+        assert cli[s.name] == s.default and flow[s.name].default == s.flow_default, s.name
+        assert s.flow_default in (s.default, "", []), s.name  # where not the same: the empty value, meaning None
         if s.name != "experiment" and s.default is not None:  # (`mlflow run --experiment-name` sets experiment)
             assert mlp["parameters"][s.name]["default"] == s.default, s.name
             assert f"{s.flag} {{{s.name}}}" in mlp["command"]
@@ -49,7 +50,29 @@ def test_every_field_of_protocol_and_run_is_one_setting_everywhere():
     assert schema["normalize"]["anyOf"][0] == {"type": "boolean"}
     assert all(schema[s.name]["description"].startswith(s.help) for s in SETTINGS)  # every field described
     assert schema["profile"]["enum"] == ["full", "quick"] and schema["until"]["enum"][-1] == "report"  # dropdowns
-    assert schema["variants"]["anyOf"][0]["items"]["enum"][0] == "ConvNet"
+
+
+def test_the_prefect_form_shows_every_choice_as_a_dropdown_and_no_none_toggle():
+    """A parameter typed `X | None` is a type toggle in Prefect's form (`Property is type "None"` until `str` is
+    clicked): every setting with choices is a plain enum (its empty choice '' = the profile's value), a list of
+    choices an array of enums (empty = the profile's), `study` a plain text box; and the flow takes those values."""
+    from flows.settings import flow_values, validate
+    schema = pipeline.parameters.model_dump()["properties"]
+    for s in SETTINGS:
+        if s.choices:
+            shown = schema[s.name]["items"] if s.many else schema[s.name]
+            assert "anyOf" not in schema[s.name] and shown["enum"][-len(s.choices):] == list(s.choices), s.name
+            assert schema[s.name]["default"] == ([] if s.many else "" if s.default is None else s.default), s.name
+    assert [s.name for s in SETTINGS if s.choices] == ["profile", "register_model", "device", "until", "schedule",
+                                                       "branch", "head", "precision", "architectures", "variants"]
+    assert schema["schedule"]["enum"] == ["", "constant", "cosine", "onecycle"]
+    assert schema["study"]["type"] == "string" and schema["study"]["default"] == ""
+    assert "extended" in schema["study"]["description"]  # the shipped studies are named where it is typed
+    # the empty values are the settings' None: the same protocol as the command line's defaults
+    cli = vars(run_parser().parse_args(["--profile", "quick"]))
+    form = {s.name: s.flow_default for s in SETTINGS} | {"profile": "quick"}
+    assert flow_values(cli) == form and validate(**form)[:2] == validate(**cli)[:2]
+    assert validate(**form | {"schedule": "cosine", "variants": ["MLP"]})[1].variants == ("MLP",)
 
 
 def test_a_new_field_becomes_a_setting_with_its_type():
@@ -76,22 +99,33 @@ def test_conda_env_pins_what_pyproject_pins():
 
 
 @pytest.mark.slow
-def test_mlflow_run_rejects_bad_parameters_before_any_work(tmp_path, data_dir):
-    """`-P search_rounds=0`: a one-line error, a non-zero exit, and only MLflow's own run (FAILED) in the store."""
+def test_mlflow_run_leaves_no_run_behind_for_a_refused_command_or_a_report(tmp_path, data_dir):
+    """`-P profile=quik` (argparse refuses it), `-P search_rounds=0` (the checks refuse it), `-e report`: a one-line
+    error or the report, and no run left in the runs list (mlflow run's own run ended and deleted); a run of ours
+    that was there before stays."""
     import os
+    from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PAIRS_DATA_DIR=data_dir,
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("MLFLOW_RUN_ID", None)
-    out = subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bad",
-                          "-P", "profile=quick", "-P", "search_rounds=0"], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode != 0
-    assert "error: search_rounds must be a positive integer, got 0" in out.stderr
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"] and not any("pairs.stage" in r.data.tags for r in runs)
+    kept = client.create_run(client.create_experiment("bad")).info.run_id
+
+    def mlflow_run(*args):
+        return subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bad",
+                               *args], env=env, capture_output=True, text=True, timeout=300)
+    for args, said in ((["-P", "profile=quik"], "error: argument --profile: invalid choice: 'quik'"),
+                       (["-P", "profile=quick", "-P", "search_rounds=0"],
+                        "error: search_rounds must be a positive integer, got 0"),
+                       (["-e", "report", "-P", "run_id=deadbeef"], "error: Run with id=deadbeef not found")):
+        out = mlflow_run(*args)
+        assert out.returncode != 0 and said in out.stderr, out.stderr[-2000:]
+        exp = client.get_experiment_by_name("bad").experiment_id
+        assert [r.info.run_id for r in client.search_runs([exp])] == [kept], out.stderr[-2000:]
+    deleted = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+    assert len(deleted) == 3 and {r.info.status for r in deleted} == {"FAILED"}
 
 
 def test_the_prefect_module_the_lifetime_guard_patches_still_starts_the_server_with_popen():
