@@ -3,6 +3,7 @@ without training: `python -m flows report RUN_ID [RUN_ID ...] [--out DIR]` from 
 from a published folder; with several runs or folders, their final rounds beside each other (pairs.report.beside)."""
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -79,8 +80,26 @@ def run_meta(tracker, device, seconds, why_smoke):
             "ceiling_gflops": round(matmul_gflops(torch.device(device)))}  # this machine's, as the call ends
 
 
+class NotAPipelineRun(ValueError):
+    """A run id that names another kind of run (a fit, a stage, a row) or a pipeline that wrote no report."""
+
+
+def pipeline_run(run_id):
+    """Checks that run_id is a pipeline run with a report, before any download; says what to give instead."""
+    from mlflow.tracking import MlflowClient
+    run = MlflowClient(tracking_uri()).get_run(run_id)
+    kind, parent = run.data.tags.get("pairs.kind"), run.data.tags.get("pairs.pipeline_run")
+    if kind and kind != "pipeline":
+        raise NotAPipelineRun(f"run {run_id} is a {kind} run, not a pipeline run" + (
+            f": its pipeline run is {parent}" if parent and parent != run_id else ""))
+    if run.info.status != "FINISHED":
+        raise NotAPipelineRun(f"run {run_id} ended {run.info.status}: only a finished pipeline run has a report "
+                              "(run the same command again to resume it)")
+
+
 def regenerate(run_id, out):
     """A pipeline run's report, from its run.json and fit records in the tracking store."""
+    pipeline_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         run = json.loads(download_artifacts(run_id, ["run.json"], tmp)["run.json"].read_text())
         names = ["final_fits.json"] + ([] if run.get("study", {}).get("arms") else ["search_fits.json"])
@@ -142,6 +161,8 @@ def beside_folders(folders, out):
 
 def beside(run_ids, out):
     """The final rounds of these pipeline runs beside each other, each named by its study and run."""
+    for run_id in run_ids:
+        pipeline_run(run_id)
     out.mkdir(parents=True, exist_ok=True)
     studies, smoke = {}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +176,7 @@ def beside(run_ids, out):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m flows report", description=__doc__, allow_abbrev=False)
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--from", dest="folders", type=Path, action="append", default=[], help="rebuild a published "
                    "study folder (docs/results/...) from the run.json and fit records it holds, in place (or into "
@@ -163,9 +184,13 @@ def main(argv):
     p.add_argument("--out", type=Path, default=None, help="folder for the report (default: reports/RUN_ID, or "
                    "reports/beside for several runs)")
     args = p.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files: no progress bars
     from mlflow.exceptions import MlflowException
     try:
         return _write(args)
+    except NotAPipelineRun as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except MlflowException as e:  # no such run, or not a finished pipeline run: one line, no traceback
         first = str(e).strip().splitlines()[0]
         print(f"error: {first} (tracking store {tracking_uri()}; give the id of a finished pipeline run, the MLflow "

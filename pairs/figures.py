@@ -6,6 +6,7 @@ open, so importing or calling this module changes nothing for a caller that uses
 """
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .models import parse
 from .stats import diverged, mean_std
@@ -28,6 +29,7 @@ def loss_curves(records):
             # the log axis cannot show a band below zero: clip it at a tenth of the mean
             ax.fill_between(epochs, [max(a - half * s, a / 10) for a, s in stats],
                             [a + half * s for a, s in stats], alpha=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25 on a 3-epoch axis
         ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log",
                title=f"{arch}: average loss per epoch ({len(curves)} rounds, band: 95% CI)")
         ax.legend()

@@ -199,7 +199,20 @@ def test_two_runs_beside_each_other(quick_run, tmp_path, monkeypatch):
     same = paired[[rows.variant[r] == rows.variant[g] for r, g in zip(paired.row, paired.against)]]
     assert len(same) == 8 and (same.n == QUICK.final_rounds).all() and (same.diff_mean == 0).all()
     assert (tmp_path / "beside" / "beside_test_error.png").stat().st_size > 0
-    assert "#9 " in (tmp_path / "beside" / "beside.md").read_text()
+    text = (tmp_path / "beside" / "beside.md").read_text()
+    assert "#9 " in text and "**Smoke run** among them" in text  # both are quick runs
+    assert "nan" not in text and f"n={QUICK.final_rounds} paired rounds, too few for an interval" in text
+
+
+def test_report_of_a_run_that_is_not_a_pipeline_says_so(quick_run, capsys, monkeypatch):
+    """A fit run's id (what the MLflow UI shows first) gets one line naming its pipeline run, not a traceback."""
+    from flows.report import main
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", quick_run["uri"])
+    root = quick_run["first"]["run_id"]
+    fit = next(r for r in fit_runs(quick_run["client"], "quick") if r.data.tags.get("pairs.pipeline_run") == root)
+    assert main([fit.info.run_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: run {fit.info.run_id} is a fit run, not a pipeline run: its pipeline run is {root}", err
 
 
 def test_statistics_match_a_direct_computation_on_the_logged_errors(quick_run, tmp_path):
