@@ -47,13 +47,15 @@ gpu-check: venv
 # One tracking server for many pipelines (README, "More machines"). `make postgres`: a PostgreSQL cluster in PG_DATA,
 # initialised once, started on 127.0.0.1:PG_PORT, with a database `mlflow` (initdb refuses root: as root it runs as
 # the user `postgres`, so PG_DATA's parent folders must be readable by it). `make tracking-server`: `mlflow server` on
-# it at 127.0.0.1:PORT, artifacts under mlruns/server-artifacts. A team's shared database instead of the local one:
-# make tracking-server PG_URI=postgresql://USER:PASSWORD@HOST:5432/DB. `make postgres-stop` stops the local cluster.
+# it at 127.0.0.1:PORT, artifacts under ARTIFACTS (mlruns/server-artifacts). A team's shared database instead of the
+# local one: make tracking-server PG_URI=postgresql://USER:PASSWORD@HOST:5432/DB ARTIFACTS=<shared folder or s3://...>.
+# `make postgres-stop` stops the local cluster.
 PG_BIN ?= $(or $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin))),$(patsubst %/,%,$(dir $(shell command -v initdb))))
 PG_DATA ?= $(CURDIR)/mlruns/postgres
 PG_PORT ?= 5433
 PG_URI ?= postgresql://mlflow@127.0.0.1:$(PG_PORT)/mlflow
 PORT ?= 5000
+ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
 AS_PG = $(if $(filter 0,$(shell id -u)),runuser -u postgres --)
 PSQL = $(AS_PG) $(PG_BIN)/psql -h 127.0.0.1 -p $(PG_PORT) -U mlflow
 
@@ -73,6 +75,6 @@ postgres-stop:
 
 tracking-server: venv $(if $(findstring @127.0.0.1:$(PG_PORT)/,$(PG_URI)),postgres)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(PG_URI) \
-	  --artifacts-destination $(CURDIR)/mlruns/server-artifacts --host 127.0.0.1 --port $(PORT) --workers 2
+	  --artifacts-destination $(ARTIFACTS) --host 127.0.0.1 --port $(PORT) --workers 2
 
 .PHONY: venv test run ui prefect bench gpu-check postgres postgres-stop tracking-server

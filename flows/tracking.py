@@ -5,7 +5,15 @@ the final stage, a row run per configuration (Table 2's numbers as its metrics: 
 holds that configuration's fits. Every run is tagged with its kind (`pairs.kind`: pipeline, stage, row,
 trial, fit), its pipeline run, study, profile and stage. Fit runs are idempotent: each carries a `pairs.fit_key` tag (its settings, seed, data and code
 version); a fit already FINISHED in this experiment is not logged again, so a rerun after a crash, or
-a cached fit meeting a new store, never gives a store with missing or doubled fits.
+a cached fit meeting a new store, never gives a store with missing or doubled fits. A retried logging attempt
+finishes the run its failed attempt created (still RUNNING, tagged with this pipeline), writing the same values
+with the same timestamps (MLflow drops a metric value it holds already), so a retry leaves neither a FAILED run
+nor a second run of one fit.
+
+Many pipelines may write to one tracking server at once (README, "More machines"); the writes that touch rows
+they share tolerate another writer's insert: the experiment's creation, and a fit's dataset input (one round's
+pairs are the input of all its variants' fits, logged side by side: MLflow's check-then-insert of the dataset
+row fails with a unique-constraint error when another request inserts it between the two).
 
 Every run this process opens is tagged with its host and pid and ended KILLED or FAILED when the
 pipeline stops on a signal or an error; runs a SIGKILLed process left RUNNING are ended KILLED by the
@@ -28,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pairs.models import VARIANTS, parse
@@ -95,10 +104,7 @@ class Tracker:
                 self.run_id, self.owned = attached, False
                 self.experiment_id = self.client.get_run(attached).info.experiment_id
             else:
-                exp = self.client.get_experiment_by_name(experiment)
-                artifacts = (self.db.parent / "artifacts" / experiment).as_uri() if self.db else None  # else: the server's
-                self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                    experiment, artifact_location=artifacts)
+                self.experiment_id = self._experiment(experiment)
             self.end_orphans()
             if not attached:
                 self.run_id, self.owned = self._create(run_name, {"pairs.kind": "pipeline"}), True
@@ -106,9 +112,24 @@ class Tracker:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()]
                                   + [RunTag("pairs.kind", "pipeline")])
 
+    def _experiment(self, name):
+        """The experiment's id, created if missing (another pipeline on the same server may create it first)."""
+        artifacts = (self.db.parent / "artifacts" / name).as_uri() if self.db else None  # else: the server's
+        for _ in range(2):
+            exp = self.client.get_experiment_by_name(name)
+            if exp:
+                return exp.experiment_id
+            try:
+                return self.client.create_experiment(name, artifact_location=artifacts)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        raise RuntimeError(f"experiment {name!r}: created by another writer, yet not found")
+
     @contextlib.contextmanager
     def lock(self):
-        """An exclusive lock beside a SQLite store (a server serialises writes itself)."""
+        """An exclusive lock beside a SQLite store (on a server, pipelines on other machines cannot share a file
+        lock: there the writes tolerate each other, see the module's docstring)."""
         if not self.db:
             yield
             return
@@ -127,11 +148,12 @@ class Tracker:
             if pid and not _alive(pid):
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
-    def _create(self, name, tags):
+    def _create(self, name, tags, start_time=None):
         with self.guard:  # (a logging thread may create a fit run while a signal has the main thread finish)
             if self.closed:
                 raise RunsEnded(f"the pipeline's runs are ended: no new run ({name})")
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**self.tags, **tags}).info.run_id
+            run_id = self.client.create_run(self.experiment_id, start_time, tags={**self.tags, **tags},
+                                            run_name=name).info.run_id
             self.open.append(run_id)
         return run_id
 
@@ -214,17 +236,19 @@ class Tracker:
 
     def log_fits(self, records, parent_id, context, models=None, example=None, label=""):
         """One run per fit record (named `label` and its round and fold: unique in a pipeline), in one batch each;
-        fits already FINISHED here are skipped. With `models` (one per record), each is logged to its fit's run
-        (`log_model`). Returns run ids."""
+        fits already FINISHED here are skipped, and a run this pipeline's earlier attempt left RUNNING is finished.
+        With `models` (one per record), each is logged to its fit's run (`log_model`). Returns run ids."""
         keys = [r.key(context) for r in records]
         group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
         with self.lock():
-            done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in self.client.search_runs(
-                [self.experiment_id], f"tags.`pairs.group` = '{group}' AND attributes.status = 'FINISHED'",
-                max_results=50000)}
+            found = self.client.search_runs([self.experiment_id], f"tags.`pairs.group` = '{group}'",
+                                            max_results=50000)
+            done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in found if run.info.status == "FINISHED"}
+            begun = {run.data.tags["pairs.fit_key"]: run for run in found if run.info.status == "RUNNING" and
+                     run.data.tags.get("pairs.pipeline_run") == self.run_id}  # (another pipeline's: not ours to end)
             for r, key, model in zip(records, keys, models or [None] * len(records)):
                 if key not in done:
-                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example, label)
+                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example, label, begun.get(key))
         self.fit_runs.update(zip(keys, (done[k] for k in keys)))
         return [done[k] for k in keys]
 
@@ -270,28 +294,44 @@ class Tracker:
                 self.client.set_registered_model_alias(name, "champion", version.version)
         return version, why
 
-    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None, label=""):
+    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None, label="", begun=None):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count,
-        training time."""
-        name = f"{label or r.stage + ' ' + r.variant} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
-        run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group,
-                                     "pairs.kind": "fit", "pairs.stage": r.stage})
-        try:
-            self._fill(run_id, r, context, model, example)
-        except Exception:  # a retry logs the fit again in a new run: this half-logged one must not end FINISHED
-            with contextlib.suppress(Exception):
-                self.end(run_id, "FAILED")
-            raise
+        training time. `begun`: the run an earlier attempt created, filled again and ended here. An attempt that
+        fails leaves its run RUNNING for the retry (the pipeline's end ends it FAILED if no retry succeeds)."""
+        if begun:
+            run_id, now = begun.info.run_id, begun.info.start_time
+            if run_id not in self.open:
+                self.open.append(run_id)
+        else:
+            name = f"{label or r.stage + ' ' + r.variant} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
+            now = int(time.time() * 1000)
+            run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group,
+                                         "pairs.kind": "fit", "pairs.stage": r.stage}, start_time=now)
+        self._fill(run_id, r, context, now, model if not (begun and "pairs.model_uri" in begun.data.tags) else None,
+                   example)
         self.end(run_id)
         return run_id
 
-    def _fill(self, run_id, r, context, model, example):
+    def _log_input(self, run_id, dataset, tries=5):
+        """Log a dataset input. When another request inserts the same dataset row between MLflow's check and its
+        insert, the store refuses with a unique-constraint error (SQLite: "UNIQUE constraint failed", PostgreSQL:
+        "duplicate key value"): the row is there now, and the next try uses it."""
+        for attempt in range(tries):
+            try:
+                return self.client.log_inputs(run_id, [dataset])
+            except MlflowException as e:
+                if attempt == tries - 1 or not any(s in str(e) for s in ("UNIQUE constraint", "duplicate key")):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _fill(self, run_id, r, context, now, model, example):
+        """The fit's params, metrics (all at time `now`: the run's start, the same in every attempt), dataset input
+        and model."""
         al = parse(r.variant)[2]
         params = config_params(r.config) | {"seed": r.seed, "round": r.round, "stage": r.stage,
                                             "scored_epochs": ",".join(str(e) for e, _, _ in r.scores)}
         if r.fold is not None:
             params["fold"] = r.fold
-        now = int(time.time() * 1000)
         metrics = [Metric("param_count", r.param_count, now, 0), Metric("s_per_epoch", r.s_per_epoch, now, 0),
                    Metric("train_seconds", r.s_per_epoch * r.config.epochs, now, 0),  # (Duration: logging time)
                    Metric("train_flops", r.train_flops, now, 0)]
@@ -305,7 +345,7 @@ class Tracker:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])
-        self.client.log_inputs(run_id, [_dataset(r, context)])
+        self._log_input(run_id, _dataset(r, context))
         if model is not None:
             self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
 

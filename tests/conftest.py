@@ -221,3 +221,26 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
         mp.undo()
     return {"client": client, "uri": uri, "first": first, "second": second, "fits_after_first": fits_after_first,
             "trained_again": trained}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster in a fresh folder on a free port, started by `make postgres` (the documented
+    command; as root it runs initdb and the server as the user postgres): returns its database URI. No PostgreSQL
+    here fails with what to install."""
+    import shutil
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp(prefix="pairs-pg-"))
+    folder.chmod(0o755)  # (the server's user must reach its data folder)
+    data, port = folder / "data", _port()
+    make = ["make", "-s", "-C", str(root), f"PG_DATA={data}", f"PG_PORT={port}"]
+    if not shutil.which("make"):
+        pytest.fail("the PostgreSQL tests need make (apt-get install make)")
+    started = subprocess.run(make + ["postgres"], capture_output=True, text=True, timeout=120)
+    if started.returncode:
+        pytest.fail(f"`make postgres` failed (a PostgreSQL server: apt-get install postgresql, or PG_BIN=<the folder "
+                    f"of initdb>): {started.stdout[-1000:]} {started.stderr[-2000:]}")
+    yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    subprocess.run(make + ["postgres-stop"], capture_output=True, timeout=120)
+    shutil.rmtree(folder, ignore_errors=True)
