@@ -28,7 +28,9 @@ from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
 from pairs import published
-from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, matmul_gflops, resolve_device
+from pairs.config import FitConfig
+from pairs.machine import describe_machine, matmul_gflops, resolve_device
+from pairs.train import FitData, fit, fit_many
 
 STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pairs import protocol as P
+from pairs.selection import search_table
 from pairs import report as R
 from pairs.data import derive_seed
 
@@ -65,7 +66,7 @@ def optuna_search(study, protocol, w, progress, workers=1):
             break
         a, number, candidate, tell, name, trial_run, parts = flying.pop(_first_to_end(flying, remote(w.runner)))
         mine = collect(parts, w, progress)
-        best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
+        best = min(search_table(mine), key=lambda r: r["val_error_mean"])
         if tell:
             studies[a].tell(number, best["val_error_mean"])
         w.tracker.end_trial(trial_run, best)

@@ -24,7 +24,8 @@ from pathlib import Path
 from pairs.data import MNIST_FILES, DataError, data_root, ensure_mnist
 from pairs import studies
 from pairs.protocol import PROFILES, Protocol
-from pairs.train import DEVICES, option, resolve_device
+from pairs.config import DEVICES, option
+from pairs.machine import resolve_device
 
 from . import ROOT
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .models import ARCHITECTURES, VARIANTS, parse
 from .protocol import Protocol
-from .train import FitConfig, Training
+from .config import FitConfig, Training
 
 SHIPPED = Path(__file__).resolve().parent.parent / "studies"
 METHODS = ("grid", "optuna")

@@ -8,7 +8,8 @@ import pandas as pd
 
 from . import claims, published
 from .models import parse
-from .protocol import final_groups, final_table, groupby, options_text, search_table, selection_of
+from .protocol import final_groups, options_text, selection_of
+from .selection import final_table, groupby, search_table
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
 
 # technique vs its base, as the study argues them

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from pairs import protocol as P
+from pairs.selection import choose, search_table
 from pairs import studies
 from pairs.protocol import PROFILES
 
@@ -110,7 +111,7 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     def search():
         P._pair_sets.cache_clear()
         records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)[0]]
-        return P.select(P.search_table(records)), [r.to_json() for r in records]
+        return choose(search_table(records)), [r.to_json() for r in records]
 
     honest = search()
     for r in honest[1]:
