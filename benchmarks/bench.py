@@ -1,4 +1,6 @@
-"""python -m flows bench [--device cpu|cuda] [--out BENCHMARKS.md]: how fast the study trains here.
+"""python benchmarks/bench.py [--device cpu|cuda] [--out BENCHMARKS.md]: how fast the study trains here.
+
+It measures the installed `pairs` and `flows` from outside them, as nanoGPT's bench.py sits beside its model.
 
 Measured in one run on one machine: (1) s/epoch of one model alone per variant (the study's Table 2
 column), (2) per-fit s/epoch when a search cell's folds x rounds or a variant's final rounds train
@@ -307,7 +309,7 @@ def dask_lines(epochs):
     chunk = lambda c: "whole groups" if c is None else f"`--chunk {c}`"
     lines = [SCALING[0], "## More machines: Dask workers (CPU, measured, then simulated)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}",
-             f"- Command: `python -m flows bench --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
+             f"- Command: `python benchmarks/bench.py --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
              "this one run.", "",
              f"The full protocol's ConvNet and MLP search cells at batch 100 (100 fits each, cut to {epochs} epochs), "
              f"in {m['units']} units of one round (10 fits):", "",
@@ -338,7 +340,7 @@ def dask_lines(epochs):
     return lines + [SCALING[1]]
 
 
-LEVERS = ("<!-- levers: python -m flows bench --levers -->", "<!-- /levers -->")
+LEVERS = ("<!-- levers: python benchmarks/bench.py --levers -->", "<!-- /levers -->")
 
 
 def _unfold_conv(mods, device):
@@ -440,7 +442,7 @@ def levers(ceiling, epochs=4, k=20):
     lines = [LEVERS[0], "## Levers (CPU, measured)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}; float32 matmul ceiling **{ceiling:.0f} GFLOP/s** "
              "in this run",
-             f"- Command: `python -m flows bench --levers` ({time.strftime('%Y-%m-%d')}): search fits (900 training "
+             f"- Command: `python benchmarks/bench.py --levers` ({time.strftime('%Y-%m-%d')}): search fits (900 training "
              f"pairs) trained stacked ({k} fits; the extended ConvNet: {cells[-1][2]} fits of 3 models), median of "
              f"epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training FLOPs counted from the model) and its ratio to "
              "the pipeline's way in the same cell.", "",
@@ -457,8 +459,8 @@ def levers(ceiling, epochs=4, k=20):
 
 
 PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision")
-LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
-SCALING = ("<!-- scaling: python -m flows bench --scaling -->", "<!-- /scaling -->")
+LIMITS = ("<!-- limits: python benchmarks/bench.py --limits -->", "<!-- /limits -->")
+SCALING = ("<!-- scaling: python benchmarks/bench.py --scaling -->", "<!-- /scaling -->")
 
 
 def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent, folders=PUBLISHED):
@@ -508,7 +510,7 @@ def write_section(out, lines, markers=LIMITS):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measured fit (the first is a warm-up)")
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -549,7 +551,7 @@ def main(argv):
 
     lines = [f"# Benchmarks ({device.type})", "",
              f"- Machine: {describe_machine(device)}",
-             f"- Command: `python -m flows bench --device {args.device} --epochs {args.epochs}` "
+             f"- Command: `python benchmarks/bench.py --device {args.device} --epochs {args.epochs}` "
              f"({time.strftime('%Y-%m-%d')}); all numbers below from this one run.",
              f"- float32 matmul 2048x2048: **{ceiling:.0f} GFLOP/s** (the practical ceiling).", "",
              "| what | variant | batch | fits stacked | s/epoch per fit | GFLOP/s | % of matmul | study s/epoch |",
