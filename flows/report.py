@@ -132,7 +132,8 @@ def records_in(folder, name):
 def rebuild(run, files, out, folder=None):
     """REPORT.md, tables and figures from run.json's settings and the fit records alone."""
     out.mkdir(parents=True, exist_ok=True)
-    study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
+    renamed = {"batch": "in_flight"}  # (a run.json of before the rename)
+    study = Study(**{renamed.get(k, k): tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
         "study", {"path": "", "description": "", "protocol": {}}).items()})
     final = R.load_records(files["final_fits.json"])
     renamed = P.RENAMED | {"epochs": "epoch_grid"}  # (a run.json of before the renames)

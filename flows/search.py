@@ -36,11 +36,11 @@ def optuna_search(study, protocol, w, progress, workers=1):
     def sampler(a, number):  # seeded by the trial's number: a resumed search asks what the whole one would
         return optuna.samplers.TPESampler(  # random for the first half (at most 10)
             seed=derive_seed(protocol.seed, "optuna", a, number) % 2**32, constant_liar=True,
-            n_startup_trials=min(10, max(study.batch, study.trials // 2)))
+            n_startup_trials=min(10, max(study.in_flight, study.trials // 2)))
     studies = {a: optuna.create_study(study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage,
                                       load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
                for a in protocol.architectures}
-    slots = max(study.batch, -(-workers // len(studies)))
+    slots = max(study.in_flight, -(-workers // len(studies)))
     typical = P.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
     run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
     records, flying = {}, []

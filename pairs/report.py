@@ -139,7 +139,7 @@ def searched(protocol, study):
     cv = f"{p.search_rounds} rounds x {p.folds}-fold cross-validation of the training pairs"
     if study is None or not study.space:
         return f"search over batch sizes {list(p.batch_sizes)} x epochs {list(p.epoch_grid)}, {cv} on the base architectures"
-    how = (f"Optuna (TPE) with {study.trials} trials per architecture, {study.batch} at a time" if study.method ==
+    how = (f"Optuna (TPE) with {study.trials} trials per architecture, {study.in_flight} at a time" if study.method ==
            "optuna" else "a grid")
     space = "; ".join(f"{k} {v if isinstance(v, dict) else list(v)}" for k, v in study.space)
     final = f"; final rounds with {', '.join(f'{k}={v}' for k, v in study.final.items())}" if study.final else ""
