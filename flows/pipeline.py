@@ -44,10 +44,15 @@ def pipeline(**settings):
     run, protocol, study = validate(**settings)
     preflight(run)
     begun = time.time()
-    tracker = Tracker(run.experiment, run_name=f"pipeline {run.profile}", tags={
+    name = run_name(Path(study.path).stem, run.profile, protocol.seed, begun)
+    tracker = Tracker(run.experiment, run_name=name, tags={
         "pairs.study": Path(study.path).stem or "profile grid", "pairs.profile": run.profile})
+    if not tracker.owned:  # the run `mlflow run` opened (named at random): ours says what it is
+        tracker.set_tags(tracker.run_id, {"mlflow.runName": name})
     w = Work(tracker, str(data_root(run.data_dir)), str(resolve_device(run.device)), chunk=run.chunk,
              results=run.results, fail_first=run.fail_first)
+    if run.device == "auto":
+        print(f"[device] auto: {w.device}", flush=True)
     smoke = registry.smoke(protocol, make_protocol("full", **study.protocol), run.profile)
     with ended(tracker, w.logging), started(run, w.submitted) as w.runner:
         link_prefect(tracker)
@@ -93,10 +98,16 @@ def pipeline(**settings):
         return finish(tracker, run, selection)
 
 
+def run_name(study, profile, seed, started):
+    """A pipeline run's name, telling runs apart in the runs list: `pipeline extended quick seed 0 12-04 15:02:07`."""
+    when = time.strftime("%m-%d %H:%M:%S", time.localtime(started))
+    return " ".join(filter(None, ["pipeline", study, profile, f"seed {seed}", when]))
+
+
 def finish(tracker, run, selection=None):
-    """The call's result; its last line says where to look."""
+    """The call's result; its last line (on the console and in the flow run's logs) says where to look."""
     where = where_to_look(tracker, run.until)
-    print(f"[done] {where}", flush=True)
+    print(f"pipeline run {tracker.run_id} done: {where}", flush=True)
     return {"run_id": tracker.run_id, "where": where} | ({"selection": selection} if selection else {})
 
 

@@ -1,13 +1,15 @@
 """The model registry: which pipeline registers a model, what its version says, and when `champion` moves.
 
-- Registering is a choice (`--register-model auto|yes|no`). `auto` registers a pipeline that ran the full protocol
-  of its study: the full profile with the study file's [protocol], no count below it. A quick-profile run, or
-  one with fewer pairs, rounds or folds than its study, is a smoke run: it registers only with `yes`.
+- Every pipeline with a search registers a new version (`--register-model yes`, the default; `no` registers
+  nothing), smoke runs too, so that the first try's model can be served: `models:/pairs-best/latest` is the
+  newest version, whichever run registered it; `models:/pairs-best/N` is version N.
+- A quick-profile run, or one with fewer pairs, rounds or folds than its study (the full profile with the study
+  file's [protocol]), is a smoke run: its version says so (tag `smoke`, description) and never takes `champion`.
 - The version is round 0's model of the selected configuration with the lowest CV error; its tags say the
   study, profile, counts, selection, CV error and test errors, and its description says the same in words.
-- The alias `champion` moves to a new version when none holds it, or when the holder was selected under the
-  same cross-validation (same pairs, rounds, folds and base seed: the same folds) with a higher CV error. CV
-  errors of different protocols are not compared: the holder keeps the alias. A smoke run never takes it.
+- The alias `champion` (`models:/pairs-best@champion`) moves to a new version when none holds it, or when the
+  holder was selected under the same cross-validation (same pairs, rounds, folds and base seed: the same folds)
+  with a higher CV error. CV errors of different protocols are not compared: the holder keeps the alias.
 """
 import json
 from pathlib import Path
@@ -32,18 +34,12 @@ def smoke(protocol, reference, profile):
     return "counts below the study's: " + ", ".join(low) if low else ""
 
 
-def wanted(register, why_smoke):
-    """Whether to register: `yes`, `no`, or `auto` (a full run)."""
-    return register == "yes" or (register == "auto" and not why_smoke)
-
-
 def register(choice, why_smoke, tracker, search, final_groups, selection, study, protocol, profile, context):
     """The call's registry step: register (and maybe promote) its best model, or say why not."""
-    if wanted(choice, why_smoke):
+    if choice == "yes":
         return register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke,
                                  context)
-    print(f"[registry] not registered: a smoke run ({why_smoke}); --register-model yes registers it (never as "
-          "champion)" if why_smoke else "[registry] not registered (--register-model no)", flush=True)
+    print("[registry] not registered (--register-model no)", flush=True)
 
 
 def cv_protocol(protocol):
@@ -98,4 +94,5 @@ def register_champion(tracker, search, final_groups, selection, study, protocol,
         print(f"[registry] {REGISTERED}: this pipeline's model is registered already", flush=True)
         return
     print(f"[registry] {REGISTERED} version {version.version}: {fit.variant}, CV error {100 * cv[arch]:.2f}%, "
-          f"round 0 test error {100 * test[0]:.2f}%; {verdict}", flush=True)
+          f"round 0 test error {100 * test[0]:.2f}%; {verdict}; models:/{REGISTERED}/{version.version} "
+          f"(models:/{REGISTERED}/latest until a newer one)", flush=True)

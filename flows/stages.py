@@ -29,9 +29,13 @@ class Work:
     submitted: list = field(default_factory=list)  # the task run ids of the groups submitted
     logging: list = field(default_factory=list)  # the futures of the log_fits tasks
 
-    @property
-    def train(self):
-        return tasks.train.with_options(result_storage=Path(self.results).resolve()) if self.results else tasks.train
+    def train_task(self, group):
+        """The training task of a group: its results in `results` when set; a group that `fail_first` names is
+        trained again even when cached (its fresh result replaces the equal cached one), so its retry shows."""
+        options = {"result_storage": Path(self.results).resolve()} if self.results else {}
+        if self.fail_first and self.fail_first in group.label:
+            options["refresh_cache"] = True
+        return tasks.train.with_options(**options) if options else tasks.train
 
 
 def train_groups(groups, parents, w, progress):
@@ -52,7 +56,7 @@ def submit(groups, parents, w, progress):
     def hook(group):  # epochs trained in this process: progress lines, and where a stop takes effect
         return None if far else lambda epoch, epochs, n: (check_stopping(), progress.epoch(group, epoch, epochs, n))
     with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
-        futures = [w.runner.submit(w.train, {"group": g, "context": w.context, "root": w.root, "device": w.device,
+        futures = [w.runner.submit(w.train_task(g), {"group": g, "context": w.context, "root": w.root, "device": w.device,
                                              "on_epoch": hook(g), "threads": 1 if far else None,
                                              "fail_first": w.fail_first}) for g, _ in parts]
         w.submitted += [f.task_run_id for f in futures]

@@ -5,6 +5,7 @@ seeds, data draw, MNIST fingerprint, code version, device) and the task's source
 JSON (records are plain numbers and lists: nothing is unpickled from the cache): a rerun with nothing changed
 reuses every finished group, and a rerun after a crash redoes only unfinished groups. Fit logging is not
 cached but idempotent (see flows.tracking), and runs in the flow's thread pool beside the next group's training.
+Retry delays are one number each: Prefect's UI shows a list of delays as "NaNs".
 """
 import hashlib
 import os
@@ -26,7 +27,7 @@ from .runner import fast_malloc, retry_unless_stopping
 from .tracking import RunsEnded
 
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
-              persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=[2, 10],
+              persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=5,
               retry_condition_fn=retry_unless_stopping)
 TRAINING_CODE = ("data.py", "models.py", "protocol.py", "stacked.py", "train.py")
 
@@ -54,7 +55,8 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
     """Train one group (a search cell or a final variant): its fit records and, for a group that keeps them,
     its trained models as text (pairs.train.pack_model). An error names the group's fits. On a Dask worker
     everything comes as parameters: the data root is checked there and torch uses `threads` threads.
-    `fail_first`: the first attempt of a group whose label contains it fails (to watch Prefect retry it)."""
+    `fail_first`: the first attempt of a group whose label contains it fails (to watch Prefect retry it; such a
+    group refreshes its cache, flows.stages.Work.train_task, so the retry shows on a rerun too)."""
     from prefect.runtime import task_run
     try:
         if fail_first and fail_first in group.label and task_run.run_count <= 1:
@@ -76,7 +78,7 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
                            f"failed: {e}") from e
 
 
-@task(task_run_name="log {label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 10])
+@task(task_run_name="log {label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=3)
 def log_fits(tracker, records, parent_id, context, label, models=None, example=None):
     """Log a group's fits to MLflow, one run each, named after the group."""
     try:
@@ -91,7 +93,7 @@ def select(search_records):
     return choose(search_table(search_records))
 
 
-@task(task_run_name="artifacts of {name}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 4])
+@task(task_run_name="artifacts of {name}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def write_artifacts(tracker, run_id, name, write):
     """Write tables and figures with `write(folder)` (a pairs.report function) and log them to the run."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
-"""The three doors, walked as a person walks them: `make run` (mlflow run) then the README's registry block in a
-fresh shell; the MLflow UI's comparison view (a real server, headless Chromium); the Prefect run form (a real
+"""The three doors, walked as a person walks them: `make run PROFILE=quick` (mlflow run; a newcomer's first try)
+then the README's registry block in a fresh shell, then a run of full counts that takes the champion; the MLflow UI's comparison view (a real server, headless Chromium); the Prefect run form (a real
 server and deployment: descriptions, dropdowns, a bad value refused).
 
 Chromium is Debian's `chromium` (`apt-get install -y chromium`; .ci/run installs it when missing)."""
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pairs.models import VARIANTS
+from pairs.protocol import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -61,7 +62,7 @@ def readme_block(marker):
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, data_dir):
-    """A copy of the repository (its venv linked in, its data at ./data) after `make run` of a tiny study, in the
+    """A copy of the repository (its venv linked in, its data at ./data) after `make run PROFILE=quick`, in the
     environment of a user who has set nothing."""
     repo = tmp_path_factory.mktemp("user") / "pairs"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
@@ -75,7 +76,7 @@ def made(tmp_path_factory, data_dir):
     (repo / "tiny.toml").write_text(TINY)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PAIRS_", "PREFECT_"))}
     env["PREFECT_HOME"] = str(repo.parent / "prefect-home")
-    out = subprocess.run(["make", "run", "STUDY=tiny.toml", "ARGS=-P aux_weight=0.5"], cwd=repo, env=env,
+    out = subprocess.run(["make", "run", "PROFILE=quick", "ARGS=-P aux_weight=0.5"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return repo, env, out.stdout + out.stderr
@@ -90,17 +91,20 @@ def test_make_run_is_one_run_tree_under_the_run_mlflow_opened(made):
     runs = client.search_runs([client.get_experiment_by_name("pairs").experiment_id], max_results=1000)
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(top) == 1 and top[0].info.status == "FINISHED" and "mlflow.project.entryPoint" in top[0].data.tags
-    assert top[0].data.params["protocol.aux_weight"] == "0.5" and top[0].data.params["profile"] == "full"
+    assert top[0].data.params["protocol.aux_weight"] == "0.5" and top[0].data.params["profile"] == "quick"
     assert "" not in top[0].data.params.values()  # only the settings given or with a default of their own
+    assert re.fullmatch(r"pipeline quick seed 0 \d\d-\d\d \d\d:\d\d:\d\d", top[0].info.run_name)  # not mlflow's random
     fits = [r for r in runs if r.data.tags.get("pairs.kind") == "fit"]
-    assert len(fits) == 1 * 2 * 1 + 2 * 2 and {r.data.params["aux_weight"] for r in fits} == {"0.5"}
+    assert len(fits) == sum(PROFILES["quick"].fits()) and {r.data.params["aux_weight"] for r in fits} == {"0.5"}
 
 
-def test_make_run_ends_saying_where_to_look_and_registers_the_champion(made):
+def test_make_run_ends_saying_where_to_look_and_registers_a_smoke_version(made):
     repo, env, out = made
-    last = [ln for ln in out.splitlines() if ln.startswith("pipeline run ")][-1]
-    assert "`make ui`, then http://127.0.0.1:5000/#/experiments/" in last and "REPORT.md" in last, last
-    assert "[registry] pairs-best version 1: " in out and "alias champion (none held it)" in out, out[-3000:]
+    done = [ln for ln in out.splitlines() if re.search(r"pipeline run \w+ done: ", ln)]
+    assert len(done) == 1, done  # once (the flow's line; the command adds no second one)
+    assert "`make ui`, then http://127.0.0.1:5000/#/experiments/" in done[0] and "REPORT.md" in done[0], done
+    assert ("[registry] pairs-best version 1: " in out and "not champion: a smoke run (the quick profile); "
+            "models:/pairs-best/1 (models:/pairs-best/latest until a newer one)" in out), out[-3000:]
     assert "Saving pytorch model by Pickle" not in out  # MLflow's warning, once per model logged: dropped
     assert "--lr ''" not in out and "'' --" not in out  # mlflow run passes on no empty parameters
 
@@ -123,6 +127,29 @@ def test_the_readme_registry_block_works_as_written_in_a_fresh_shell(made):
     assert len(answers) == 2 and sum(answers[0], []) == pytest.approx(sum(answers[1], []), abs=1e-6), out[-3000:]
     assert len(answers[0]) == 5 and all(sum(p) == pytest.approx(1, abs=1e-5) for p in answers[0])
     assert not (repo / "mlflow.db").exists()  # nothing stray: the block used the project's store
+
+
+def test_a_run_of_full_counts_then_takes_the_champion_and_latest(made):
+    """After the quick run, `make run` of a tiny study at its own (full) counts: version 2 takes `champion` (none
+    held it) and is the newest (`latest`); the smoke version 1 stays out of `champion`. The two pipeline runs'
+    names tell them apart."""
+    from mlflow.tracking import MlflowClient
+    repo, env, _ = made
+    out = subprocess.run(["make", "run", "STUDY=tiny.toml"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[registry] pairs-best version 2: " in out.stdout + out.stderr
+    assert "alias champion (none held it)" in out.stdout + out.stderr, out.stdout[-3000:]
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("pairs-best", "champion").version) == "2"
+    assert client.get_model_version("pairs-best", "1").tags["smoke"] == "the quick profile"
+    import mlflow
+    mlflow.set_tracking_uri(client.tracking_uri)
+    assert mlflow.models.get_model_info("models:/pairs-best/latest").run_id == mlflow.models.get_model_info(
+        "models:/pairs-best@champion").run_id
+    names = sorted(r.info.run_name for r in client.search_runs(
+        [client.get_experiment_by_name("pairs").experiment_id], "tags.`pairs.kind` = 'pipeline'"))
+    assert [n.split(" seed ")[0] for n in names] == ["pipeline quick", "pipeline tiny full"], names
 
 
 def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_server, quick_run, tmp_path):

@@ -142,6 +142,7 @@ BAD = [
     (["--variants", "MLP,CNN"], "invalid choice: 'CNN'"),
     (["--lr", "0"], "lr must be positive"),
     (["--data-dir", "/nonexistent/mnist"], "data folder /nonexistent/mnist does not exist"),
+    ("empty", "MNIST files missing under"),  # an existing folder the user named: read, never downloaded into
     ("file", "is a file, not a folder"),
     (("t10k-images-idx3-ubyte", "missing"), "MNIST files missing under"),
     (("train-labels-idx1-ubyte", "truncated"), "corrupt MNIST file"),
@@ -153,14 +154,18 @@ BAD = [
     (["--study", "al_gap", "--batch-sizes", "50"], "al_gap.toml sets it in each arm"),
     (["--trials", "2"], "--trials: only a study with an Optuna search has trials"),
     (["--study", "extended", "--trials", "0"], "trials must be a positive integer, got 0"),
-    (["--register-model", "maybe"], "invalid choice: 'maybe' (choose from auto, yes, no)"),
+    (["--register-model", "maybe"], "invalid choice: 'maybe' (choose from yes, no)"),
+    (["--profil", "quick"], "unrecognized arguments: --profil quick"),  # no abbreviations (`-P profil=quick`)
 ]
 
 
 def _bad_case(case, data_dir, tmp_path):
     """A bad input's command line and environment, with its store under tmp_path/store."""
     args, env = BAD[case][0], env_for(tmp_path, data_dir, None)
-    if args == "file":
+    if args == "empty":
+        (tmp_path / "empty").mkdir()
+        args = ["--data-dir", str(tmp_path / "empty")]
+    elif args == "file":
         (tmp_path / "afile").write_text("not a folder")
         args = ["--data-dir", str(tmp_path / "afile")]
     elif args == "unwritable":
@@ -191,8 +196,9 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(case, data_dir, tmp_pa
     assert not (tmp_path / "store").exists()  # nothing written to the tracking store
 
 
-# through `python -m flows`: a flag argparse rejects, a value the checks reject, a corrupt file, no store server
-IN_A_PROCESS = [0, 4, 17, 21]
+# through `python -m flows`: a flag argparse rejects, a value the checks reject, an empty data folder, a corrupt
+# file, no store server
+IN_A_PROCESS = [0, 4, 15, 18, 22]
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +233,33 @@ def test_bad_input_to_the_command_exits_2_before_any_work(bad_processes, case):
     assert not (folder / "store").exists()
 
 
+def test_no_mnist_in_the_default_folder_downloads_only_when_a_mirror_answers(tmp_path, monkeypatch, capsys):
+    """./data (no PAIRS_DATA_DIR, no --data-dir) without MNIST: offline, one line before any work, and nothing
+    created; with a mirror answering, the checks pass (the prepare task downloads there)."""
+    import http.server
+    from torchvision.datasets import MNIST
+
+    from flows.__main__ import run_values
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PAIRS_DATA_DIR", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # offline: no mirror answers
+    with pytest.raises(SystemExit) as stopped:
+        run_values(["--profile", "quick"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"MNIST is not in {tmp_path / 'data'} and cannot be downloaded (no mirror answers" in err, err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "store").exists()
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / MNIST.resources[0][0]).write_bytes(b"")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "mirror"))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as mirror:
+        threading.Thread(target=mirror.serve_forever, daemon=True).start()
+        monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/", f"http://127.0.0.1:{mirror.server_port}/"])
+        assert run_values(["--profile", "quick"])["profile"] == "quick"  # the second mirror answers: on to the download
+        mirror.shutdown()
+
+
 def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
     """The deployment path: the flow's parameters get the same checks before anything is logged (choices by
     Prefect's own validation of the flow's typed parameters)."""
@@ -251,19 +284,33 @@ def test_a_group_whose_first_attempt_fails_is_retried_and_prefect_shows_both_att
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows import pipeline as flow_module, tasks
+    assert all(isinstance(t.retry_delay_seconds, (int, float)) for t in (  # a list shows as "NaNs" in the UI
+        tasks.train, tasks.log_fits, tasks.write_artifacts, tasks.prepare_data))
     monkeypatch.setattr(tasks, "train", tasks.train.with_options(retry_delay_seconds=0))
-    result = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1,
-                                  final_rounds=1, seed=11, fail_first="search MLP")
-    assert store.get_run(result["run_id"]).info.status == "FINISHED"
-    flow_run = store.get_run(result["run_id"]).data.tags["prefect.flow_run_id"]
-    with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))
-        attempts = {t.name: t.run_count for t in tasks if t.name.startswith("search ")}
-        retried = [t for t in tasks if t.name.startswith("search MLP")]
-        states = [s.name for s in client.read_task_run_states(retried[0].id)]
-    assert attempts == {"search ConvNet batch 25": 1, "search ConvNet batch 50": 1, "search MLP batch 25": 2,
-                        "search MLP batch 50": 2}, attempts
-    assert "Retrying" in states and states[-1] == "Completed", states  # (AwaitingRetry first, with a delay)
+    small = dict(profile="quick", data_dir=data_dir, experiment="retry", search_rounds=1, final_rounds=1, seed=11)
+
+    def task_runs(result):
+        flow_run = store.get_run(result["run_id"]).data.tags["prefect.flow_run_id"]
+        with get_client(sync_client=True) as client:
+            found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))
+            return found, {t.name: [s.name for s in client.read_task_run_states(t.id)] for t in found}
+    for fail_first in (None, "search MLP"):  # the second call finds every group in the cache
+        result = flow_module.pipeline(**small, fail_first=fail_first or "")
+        assert store.get_run(result["run_id"]).info.status == "FINISHED"
+        if not fail_first:
+            fits, selection = fit_keys(store), result["selection"]
+    found, states = task_runs(result)
+    attempts = {t.name: (t.state_name, t.run_count) for t in found if t.name.startswith("search ")}
+    assert attempts == {"search ConvNet batch 25": ("Cached", 1), "search ConvNet batch 50": ("Cached", 1),
+                        "search MLP batch 25": ("Completed", 2), "search MLP batch 50": ("Completed", 2)}, attempts
+    assert "Retrying" in states["search MLP batch 25"], states  # (AwaitingRetry first, with a delay)
+    assert result["selection"] == selection and fit_keys(store) == fits  # the same results, no fit logged again
+    assert all(isinstance(t.empirical_policy.retry_delay, (int, float)) for t in found if t.name.startswith("log "))
+
+
+def fit_keys(client):
+    return sorted(r.data.tags["pairs.fit_key"] for r in client.search_runs(
+        [client.get_experiment_by_name("retry").experiment_id], "tags.`pairs.kind` = 'fit'", max_results=1000))
 
 
 def test_a_lasting_failure_fails_the_pipeline_naming_the_fits(prefect_env, data_dir, store, monkeypatch):
@@ -315,6 +362,10 @@ def test_serve_registers_a_deployment_whose_form_describes_and_checks_its_parame
         assert all(p.get("description") for p in schema.values()), [n for n, p in schema.items() if not p.get(
             "description")]
         assert schema["profile"]["enum"] == ["full", "quick"] and schema["device"]["enum"] == ["cpu", "cuda", "auto"]
+        assert [n for n, p in schema.items() if "enum" in p or "enum" in p.get("items", {})] == [
+            "profile", "register_model", "device", "until", "schedule", "branch", "head", "precision",
+            "architectures", "variants"]  # dropdowns at first sight: no `X | None` toggle in front of them
+        assert schema["schedule"]["enum"][0] == "" and schema["study"]["type"] == "string"
         code, said = post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"profile": "huge"}})
         assert code == 409 and "'huge' is not one of ['full', 'quick']" in said, (code, said)
         runs = post("/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})[1]
