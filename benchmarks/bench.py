@@ -29,6 +29,7 @@ from pairs import report as R
 from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
+from pairs.selection import choose, final_table, search_table
 from pairs import published
 from pairs.config import FitConfig
 from pairs.machine import describe_machine, matmul_gflops, resolve_device
@@ -591,10 +592,10 @@ def main(argv):
     if args.full:
         t = time.perf_counter()
         search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)[0]]
-        chosen = P.select(P.search_table(search))
+        chosen = choose(search_table(search))
         final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)[0]]
         took = time.perf_counter() - t
-        table = {r["variant"]: r for r in P.final_table(final)}
+        table = {r["variant"]: r for r in final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",
                   f"- {len(search) + len(final)} fits, search + selection + final, no tracking: **{took:.0f} s**",
                   f"- selection: { {a: c.as_dict() for a, c in chosen.items()} }",
