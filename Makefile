@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 test: venv
 	$(VENV)/bin/python -m pytest -q
 
-# PROFILE=quick, STUDY=extended, REGISTER=yes|no|auto, ARGS="-P trials=2 -P epoch_grid=2" pass through to mlflow run
+# PROFILE=quick, STUDY=extended, REGISTER=yes|no, ARGS="-P trials=2 -P epoch_grid=2" pass through to mlflow run
 run: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} \
 	  mlflow run . --env-manager local --experiment-name pairs $(if $(PROFILE),-P profile=$(PROFILE)) \

@@ -30,7 +30,7 @@ ARMS = """# Study `{name}`: arms on paired rounds
 
 def arms_lines(table):
     """Per variant: the first arm's test error, and each later arm against it, judged by the claims policy; where
-    the first arm trains the study's model, the share of the gap to the study's number as an estimate."""
+    the first arm trains the paper's model, the share of the gap to the paper's number as an estimate."""
     lines = []
     for variant, rows in table.groupby("variant", sort=False):
         first, rest = rows.iloc[0], rows.iloc[1:]
@@ -42,7 +42,7 @@ def arms_lines(table):
                          f"{100 * r['share_low']:.0f}% to {100 * r['share_high']:.0f}%)")
                 text += f", closing {share}" if r["verdict"] == "lower" else f"; as an estimate, {share}"
             said.append(text)
-        study = (f", the study {100 * first.published_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points)"
+        study = (f", the paper {100 * first.published_test_error_mean:.2f}% (gap {100 * first.gap:+.2f} points)"
                  if first.published_test_error_mean == first.published_test_error_mean else "")
         lines += [f"- **{variant}**: {first.arm} {100 * first.test_error_mean:.2f}%{study}."] + [t + "." for t in said]
     return lines
@@ -71,9 +71,9 @@ def render(table, study, protocol, meta):
               "two-sided, Holm-corrected, 5%); a verdict needs the same result on all\nrounds and on the rounds "
               "without a diverged fit, else it is inconclusive.")
     if table.published_test_error_mean.notna().any():
-        legend += (" The share of the gap is (first arm - arm) / (first arm - the study's\npublished mean), its "
+        legend += (" The share of the gap is (first arm - arm) / (first arm - the paper's\npublished mean), its "
                    "interval a bootstrap over rounds that also draws the published mean from its standard error;\n"
-                   "an arm says what its change does here, not why the study's numbers are what they are.")
+                   "an arm says what its change does here, not why the paper's numbers are what they are.")
     return ARMS.format(
         name=Path(study.path).stem, banner=banner(meta), description=study.description, path=study.path, p=protocol,
         rounds_seen=rounds_seen(protocol, meta), machine=meta.get("machine", "?"), device=meta.get("device", "?"),
@@ -100,7 +100,7 @@ def beside(studies, out, smoke=()):
     first = next(iter(studies))
     name = lambda r: f"#{r['row']} {r['study']} {r['variant']} {r['batch_size']}/{r['epochs']}"  # noqa: E731
     lines = ["# Final rounds beside each other", "", f"Studies: {', '.join(studies)}. Mean ± std over rounds; "
-             "options: those not at the study's default.", ""]
+             "options: those not at the paper's default.", ""]
     lines += [f"> **Smoke run** among them ({', '.join(smoke)}): its numbers show that the pipeline runs end to end; "
               "they are not findings.", ""] if smoke else []
     lines += [markdown(display(t2, "beside")),

@@ -23,14 +23,14 @@ class Training:
     option, an MLproject parameter, a flow parameter, a logged param and part of every cache key."""
     lr: float = option(1e-3, "Adam learning rate")
     aux_weight: float = option(1.0, "weight of the auxiliary digit loss (AL variants)")
-    normalize: bool = option(False, "standardise inputs with the training set's mean and std (the study: raw)")
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0: Adam, as the study")
+    normalize: bool = option(False, "standardise inputs with the training set's mean and std (the paper: raw)")
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW); 0: Adam, as the paper")
     schedule: str = option("constant", "learning-rate schedule over all steps", SCHEDULES)
     shift: int = option(0, "augmentation: shift each training digit by up to this many pixels, every epoch")
     re_pair: bool = option(False, "augmentation: draw the training digits into new pairs every epoch "
                                   "(targets from their digit labels)")
     batch_norm: bool = option(False, "batch normalisation after each convolution and hidden linear layer")
-    branch: str = option("study", "digit branch: the study's, or larger (four padded convolutions; a wider MLP)",
+    branch: str = option("study", "digit branch: the paper's (study), or larger (four padded convolutions; a wider MLP)",
                          BRANCHES)
     head: str = option("learned", "comparison head: learned layers, or P(first <= second) computed from the two "
                                   "digit posteriors", HEADS)

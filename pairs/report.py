@@ -38,7 +38,7 @@ Rule: {rule}.
 {ties}{chosen}
 ## Table 2 — final evaluation (mean ± std over {rounds} rounds)
 s/epoch is the per-fit share of the stacked training time (all rounds of a variant trained at once): one
-measurement on a machine that may have been shared, not comparable one to one with the study's one-model-at-a-time
+measurement on a machine that may have been shared, not comparable one to one with the paper's one-model-at-a-time
 column. {diverged}
 
 {table2}
@@ -59,7 +59,7 @@ SETUP = """- **Data**: pairs of MNIST digits average-pooled 2x2 to 14x14; target
 - **Protocol**: {searched}; selection by lowest validation error (the rule under Selection);
   final evaluation {p.final_rounds} rounds x {variants} variants. {optimizer}, lr {p.lr}{as_searched}. Base seed {p.seed}.
 - **Final rounds**: {rounds_seen}
-- **Options beyond the study**: {options}.{fixed}
+- **Options beyond the paper**: {options}.{fixed}
 - **Machine**: {machine}; device {device}; {versions}.
 - **Wall time**: {wall_time}."""
 
@@ -157,7 +157,7 @@ def setup(protocol, records, variants, meta, study):
     options = ", ".join(f"{k}={v}" for k, v in p.training().items()
                         if v != getattr(Training(), k) and k not in ("lr", "aux_weight", "normalize"))
     return SETUP.format(
-        p=p, inputs="standardised with the training set mean/std" if p.normalize else "raw (0..255); the study's text "
+        p=p, inputs="standardised with the training set mean/std" if p.normalize else "raw (0..255); the paper's text "
         "does not say how it scaled its inputs", rounds_seen=rounds_seen(p, meta), fixed=fixed(study),
         searched=searched(p, study), variants=variants, optimizer=optimizer(records),
         as_searched=" (or as searched)" * space, options=options or ("as selected (below)" if space else "none"),
@@ -234,7 +234,7 @@ def banner(meta):
     if not meta.get("smoke"):
         return ""
     return (f"\n> **Smoke run** ({meta['smoke']}): the numbers below show that the pipeline runs end to end; they "
-            "are not findings. Run the study's full counts for results.\n")
+            "are not findings. Run the study file's full counts for results.\n")
 
 
 def command(meta):
@@ -257,7 +257,7 @@ def render(search, final, selection, protocol, meta, study=None):
     """REPORT.md: setup, Table 1, selection, Table 2, figures, statistics, conclusions, command."""
     t1, t2, cmp = table1(search), table2(final), comparisons(final)
     p = protocol
-    on_grid = t1.filter(like="published_").notna().any().any()  # the study's grid meets this run's: its sentences apply
+    on_grid = t1.filter(like="published_").notna().any().any()  # the paper's grid meets this run's: its sentences apply
     return REPORT.format(
         banner=banner(meta), setup=setup(p, search + final, len(t2), meta, study), fits=p.search_rounds * p.folds,
         normalisation=published.normalisation(p.pairs // p.folds) if on_grid else "",
