@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 test: venv
 	$(VENV)/bin/python -m pytest -q
 
-# PROFILE=quick, STUDY=extended, REGISTER=yes|no|auto, ARGS="-P trials=2 -P epoch_grid=2" pass through to mlflow run
+# PROFILE=quick, STUDY=extended, REGISTER=yes|no, ARGS="-P trials=2 -P epoch_grid=2" pass through to mlflow run
 run: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} \
 	  mlflow run . --env-manager local --experiment-name pairs $(if $(PROFILE),-P profile=$(PROFILE)) \
@@ -30,13 +30,13 @@ prefect: venv
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 bench: venv
-	$(VENV)/bin/python -m flows bench
+	$(VENV)/bin/python benchmarks/bench.py
 
 # On a machine with a GPU: the oracle tests of every option on CUDA, the GPU benchmark, then the faithful full
 # profile and the extended study, each timed as a whole pipeline call (issue 19's targets on one H200: 30 s, 2 min).
 gpu-check: venv
 	PAIRS_TEST_DEVICE=cuda $(VENV)/bin/python -m pytest -q tests/test_options.py tests/test_train.py -k "stacked or bf16"
-	$(VENV)/bin/python -m flows bench --device cuda --out BENCHMARKS-cuda.md
+	$(VENV)/bin/python benchmarks/bench.py --device cuda --out BENCHMARKS-cuda.md
 	$(VENV)/bin/python -c "import time, subprocess, sys; t = time.time(); subprocess.run(sys.argv[1:], check=True); \
 	  print(f'faithful full profile on cuda: {time.time() - t:.0f} s')" $(VENV)/bin/python -m flows --device cuda \
 	  --experiment gpu-check --register-model no

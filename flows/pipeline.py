@@ -12,10 +12,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from pairs import arms
 from pairs import protocol as P
 from pairs import report as R
 from pairs.data import data_root
-from pairs.train import resolve_device
+from pairs.machine import resolve_device
 
 from . import registry
 from .lifetime import ended, guard_child
@@ -67,7 +68,7 @@ def pipeline(**settings):
             if run.until != "final":
                 write_artifacts(tracker, tracker.run_id, "the report", writer(
                     tracker, w.device, begun, smoke, protocol, study, None,
-                    lambda out, meta: R.arms_report(final, study, protocol, out, meta)))
+                    lambda out, meta: arms.report(final, study, protocol, out, meta)))
             return finish(tracker, run)
 
         search_groups, guessed = planned(protocol, study, run)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from pairs import protocol as P
+from pairs.selection import search_table
 
 REGISTERED = "pairs-best"
 DESCRIPTION = ("The best selected configuration of a pairs pipeline: two 14x14 MNIST digits in (float32, N x 2 x "
@@ -49,7 +50,7 @@ def cv_protocol(protocol):
 def register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke, context):
     """Register round 0's model of the selected configuration with the lowest CV error; move `champion` by the
     rule above. Prints one line saying what happened and why."""
-    rows = P.search_table(search)
+    rows = search_table(search)
     cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
         r.get(k) == v for k, v in c.as_dict().items() if k in r)) for a, c in selection.items()}
     kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran

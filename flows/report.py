@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pairs import arms
 from pairs import report as R
 from pairs import protocol as P
 from pairs.protocol import Protocol, selection_of
@@ -65,7 +66,7 @@ def run_meta(tracker, device, seconds, why_smoke):
     import torch
     from prefect.runtime import deployment
 
-    from pairs.train import describe_machine, matmul_gflops
+    from pairs.machine import describe_machine, matmul_gflops
 
     if not tracker.owned:
         launcher = f"started by `mlflow run` (run {tracker.run_id})"
@@ -131,7 +132,8 @@ def records_in(folder, name):
 def rebuild(run, files, out, folder=None):
     """REPORT.md, tables and figures from run.json's settings and the fit records alone."""
     out.mkdir(parents=True, exist_ok=True)
-    study = Study(**{k: tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
+    renamed = {"batch": "in_flight"}  # (a run.json of before the rename)
+    study = Study(**{renamed.get(k, k): tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
         "study", {"path": "", "description": "", "protocol": {}}).items()})
     final = R.load_records(files["final_fits.json"])
     renamed = P.RENAMED | {"epochs": "epoch_grid"}  # (a run.json of before the renames)
@@ -139,7 +141,7 @@ def rebuild(run, files, out, folder=None):
                            for k, v in run["protocol"].items()})
     meta = run["meta"] | {"seen": seen_by(protocol, folder)}
     if study.arms:
-        return R.arms_report(final, study, protocol, out, meta)
+        return arms.report(final, study, protocol, out, meta)
     search = R.load_records(files["search_fits.json"])
     return R.full_report(search, final, selection_of(run["selection"]), protocol, out, meta, study)
 
@@ -156,7 +158,7 @@ def beside_folders(folders, out):
         where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
         studies[f"{study} ({where.as_posix()})"] = R.load_records(records)
         smoke += [f"{study} ({where.as_posix()})"] if run.get("meta", {}).get("smoke") else []
-    return R.beside(studies, out, smoke)
+    return arms.beside(studies, out, smoke)
 
 
 def beside(run_ids, out):
@@ -172,7 +174,7 @@ def beside(run_ids, out):
             name = f"{Path(run.get('study', {}).get('path') or 'faithful').stem} ({run_id[:8]})"
             studies[name] = R.load_records(files["final_fits.json"])
             smoke += [name] if run.get("meta", {}).get("smoke") else []
-    return R.beside(studies, out, smoke)
+    return arms.beside(studies, out, smoke)
 
 
 def main(argv):

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pairs import protocol as P
+from pairs.selection import search_table
 from pairs import report as R
 from pairs.data import derive_seed
 
@@ -35,11 +36,11 @@ def optuna_search(study, protocol, w, progress, workers=1):
     def sampler(a, number):  # seeded by the trial's number: a resumed search asks what the whole one would
         return optuna.samplers.TPESampler(  # random for the first half (at most 10)
             seed=derive_seed(protocol.seed, "optuna", a, number) % 2**32, constant_liar=True,
-            n_startup_trials=min(10, max(study.batch, study.trials // 2)))
+            n_startup_trials=min(10, max(study.in_flight, study.trials // 2)))
     studies = {a: optuna.create_study(study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage,
                                       load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
                for a in protocol.architectures}
-    slots = max(study.batch, -(-workers // len(studies)))
+    slots = max(study.in_flight, -(-workers // len(studies)))
     typical = P.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
     run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
     records, flying = {}, []
@@ -65,7 +66,7 @@ def optuna_search(study, protocol, w, progress, workers=1):
             break
         a, number, candidate, tell, name, trial_run, parts = flying.pop(_first_to_end(flying, remote(w.runner)))
         mine = collect(parts, w, progress)
-        best = min(P.search_table(mine), key=lambda r: r["val_error_mean"])
+        best = min(search_table(mine), key=lambda r: r["val_error_mean"])
         if tell:
             studies[a].tell(number, best["val_error_mean"])
         w.tracker.end_trial(trial_run, best)

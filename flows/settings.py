@@ -24,7 +24,8 @@ from pathlib import Path
 from pairs.data import MNIST_FILES, DataError, data_root, ensure_mnist
 from pairs import studies
 from pairs.protocol import PROFILES, Protocol
-from pairs.train import DEVICES, option, resolve_device
+from pairs.config import DEVICES, option
+from pairs.machine import resolve_device
 
 from . import ROOT
 
@@ -225,7 +226,7 @@ def validate(**values):
             raise ValueError("--trials: only a study with an Optuna search has trials (e.g. --study extended)")
         if run.trials < 1:
             raise ValueError(f"trials must be a positive integer, got {run.trials}")
-        study = dataclasses.replace(study, trials=run.trials, batch=min(study.batch, run.trials))
+        study = dataclasses.replace(study, trials=run.trials, in_flight=min(study.in_flight, run.trials))
     protocol = make_protocol(run.profile, **study.protocol | flags)
     if study.arms and run.until == "search":
         raise ValueError(f"the study {study.path} has arms and no search: use --until prepare, final or report")

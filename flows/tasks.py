@@ -18,8 +18,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
 from pairs import protocol as P
+from pairs.selection import choose, search_table
 from pairs.data import DataError, check_mnist, ensure_mnist, mnist_fingerprint
-from pairs.train import pack_model, resolve_device
+from pairs.machine import resolve_device
+from pairs.train import pack_model
 
 from .runner import fast_malloc, retry_unless_stopping
 from .tracking import RunsEnded
@@ -88,7 +90,7 @@ def log_fits(tracker, records, parent_id, context, label, models=None, example=N
 @task(task_run_name="select", cache_policy=NO_CACHE)
 def select(search_records):
     """Per architecture, the candidate (batch size, epochs, searched options) by pairs.protocol.TIE_RULE."""
-    return P.select(P.search_table(search_records))
+    return choose(search_table(search_records))
 
 
 @task(task_run_name="artifacts of {name}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

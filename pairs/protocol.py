@@ -1,27 +1,28 @@
-"""The study's protocol as pure functions: its units of work, their training, the selection, the tables.
+"""The protocol: its settings and profiles (`Protocol`), and its units of work, named completely.
 
 1. Search (Table 1): for each architecture's base variant, `search_rounds` rounds of `folds`-fold
    cross-validation, each round on its own draw of `pairs` training pairs with its own fold partition
    (test pairs never touched), over batch_sizes x epochs. One grid cell (architecture, batch size) is a
    `Group` of rounds x folds fits trained as one stacked computation to max(epochs) and scored at every
-   epoch count. Selection per architecture: the (batch size, epochs) with the lowest mean validation error.
-2. Final (Table 2): `final_rounds` rounds; each round draws fresh pairs and trains every variant with
-   its architecture's selection, scored on that round's test pairs (one Group per variant).
-Every seed is derived from `seed` and the unit's names (stage, round, fold), never from global state.
+   epoch count; pairs.selection chooses per architecture from their records.
+2. Final (Table 2): `final_rounds` rounds of base seed `final_seed` (else `seed`); each round draws fresh pairs
+   and trains every variant with its architecture's Choice, scored on that round's test pairs (one Group per
+   variant).
+Every seed is derived from the base seed and the unit's names (stage, round, fold), never from global state.
 A `Fit` names one fit completely (settings, data, seed); its `key` is what the Prefect cache and the
-MLflow store know it by. A `FitRecord` is a Fit with its results; it round-trips through JSON.
+MLflow store know it by. A `FitRecord` is a Fit with its results; it round-trips through JSON (records written
+before an option was renamed read through RENAMED).
 """
 import functools
 import hashlib
 import itertools
 import json
-from fractions import Fraction
 from dataclasses import asdict, dataclass, fields, replace
 
 from .data import derive_seed, kfold, pair_sets
 from .models import ARCHITECTURES, VARIANTS, forward_flops, parse
-from .stats import mean_std
-from .train import FitConfig, FitData, Training, fit_many, option
+from .config import FitConfig, Training, option
+from .train import FitData, fit_many
 
 DEFAULT = Training()
 RENAMED = {"repair": "re_pair"}  # options of records written before a rename: their values are the same
@@ -325,91 +326,9 @@ def train_group(group, root=None, device="cpu", on_epoch=None):
     return records, trained if group.keep else []
 
 
-def searched_options(records):
-    """The settings a selection must carry besides batch size and epochs: the variant (where the search had
-    another than an architecture's base variant) and every training option not at the study's default in
-    some record (whether searched or set for all)."""
-    variants = groupby(records, lambda r: parse(r.variant)[0]).values()
-    searched = any(len({r.variant for r in rs}) > 1 or rs[0].variant != parse(rs[0].variant)[0] for rs in variants)
-    return ((["variant"] if searched else [])
-            + [k for k in DEFAULT.training() if {getattr(r.config, k) for r in records} != {getattr(DEFAULT, k)}])
-
-
 def fold_size(fit):
     """Pairs in a search fit's validation fold (kfold: the first pairs % folds folds hold one more)."""
     return fit.pairs // fit.folds + (fit.fold < fit.pairs % fit.folds)
-
-
-def search_table(records):
-    """Table 1 rows: per (architecture, batch size, searched options, epochs) the mean/std of train and
-    validation error over the rounds x folds fits, and the misclassified validation pairs of them all
-    (`val_errors` of `val_pairs`: what the selection compares, exactly)."""
-    rows, options = [], searched_options(records)
-    cell = lambda r: (parse(r.variant)[0], r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
-    for (arch, batch, *values), group in groupby(records, cell).items():
-        for e in sorted({e for r in group for e in r.train_error}):
-            scored = [r for r in group if e in r.train_error]
-            tr, va = mean_std([r.train_error[e] for r in scored]), mean_std([r.eval_error[e] for r in scored])
-            rows.append({"architecture": arch, "batch_size": batch, **dict(zip(options, values)), "epochs": e,
-                         "fits": len(scored), "train_error_mean": tr[0], "train_error_std": tr[1],
-                         "val_error_mean": va[0], "val_error_std": va[1],
-                         "val_errors": sum(round(r.eval_error[e] * fold_size(r)) for r in scored),
-                         "val_pairs": sum(fold_size(r) for r in scored)})
-    return rows
-
-
-SCORES = ("architecture", "fits", "train_error_mean", "train_error_std", "val_error_mean", "val_error_std",
-          "val_errors", "val_pairs")
-TIE_RULE = ("lowest validation error, compared as counts of misclassified validation pairs (exact); ties go to "
-            "fewer epochs, then the smaller batch size, then the lower std of the fold errors (the steadier "
-            "candidate), then the candidate searched first")
-
-
-def _rank(indexed):
-    i, r = indexed
-    return Fraction(r["val_errors"], r["val_pairs"]), r["epochs"], r["batch_size"], r["val_error_std"], i
-
-
-def select(table1_rows):
-    """The Selection: per architecture the Choice (batch size, epochs, searched options) by TIE_RULE. Table 1 holds validation
-    folds only: the test pairs play no part."""
-    best = {}
-    for _, r in sorted(enumerate(table1_rows), key=_rank):
-        best.setdefault(r["architecture"], Choice.of({k: v for k, v in r.items() if k not in SCORES}))
-    return best
-
-
-def tied(table1_rows):
-    """Per architecture, the candidates with as few validation errors as the selected one (the selected first),
-    when there are more than one: what the report names."""
-    out = {}
-    for _, r in sorted(enumerate(table1_rows), key=_rank):
-        first = out.setdefault(r["architecture"], [r])[0]
-        if r is not first and Fraction(r["val_errors"], r["val_pairs"]) == Fraction(first["val_errors"],
-                                                                                     first["val_pairs"]):
-            out[r["architecture"]].append(r)
-    return {a: rows for a, rows in out.items() if len(rows) > 1}
-
-
-def final_table(records):
-    """Table 2 rows: per variant train/test error mean and std, parameters, s/epoch."""
-    rows = []
-    for (variant,), group in groupby(records, lambda r: (r.variant,)).items():
-        cfg = group[0].config
-        tr, te = mean_std([r.final_errors[0] for r in group]), mean_std([r.final_errors[1] for r in group])
-        rows.append({"variant": variant, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "rounds": len(group),
-                     "train_error_mean": tr[0], "train_error_std": tr[1],
-                     "test_error_mean": te[0], "test_error_std": te[1],
-                     "param_count": group[0].param_count,
-                     "s_per_epoch": sum(r.s_per_epoch for r in group) / len(group)})
-    return rows
-
-
-def groupby(records, key):
-    groups = {}
-    for r in records:
-        groups.setdefault(key(r), []).append(r)
-    return groups
 
 
 def protocol_params(protocol):

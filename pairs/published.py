@@ -1,8 +1,8 @@
-"""The published study's numbers, and every sentence a report says about them.
+"""The paper's numbers (the published EE-559 study), and every sentence a report says about them.
 
 The paper's Table 1 (its search grid), Table 2 (its final evaluation) and what its search chose are data in
 pairs/published_numbers/ (table1.csv, table2.csv, selection.csv), read when first asked for; reports merge them
-in as `published_*` columns. In a report's prose "the study" is this paper. Each sentence below is built from
+in as `published_*` columns. In a report's prose "the paper" is this paper. Each sentence below is built from
 those numbers and said only of what it concerns (an architecture or variant this run has), so a report of
 another grid or other variants leaves out what does not apply to it.
 """
@@ -14,8 +14,8 @@ import pandas as pd
 from .models import parse
 
 NUMBERS = Path(__file__).parent / "published_numbers"
-PAIRS = 1000  # the study's pairs per split: what its validation errors look divided by
-ROUNDS = 20  # the study's final rounds: its means' standard errors are its stds / sqrt(ROUNDS)
+PAIRS = 1000  # the paper's pairs per split: what its validation errors look divided by
+ROUNDS = 20  # the paper's final rounds: its means' standard errors are its stds / sqrt(ROUNDS)
 
 
 @cache
@@ -48,20 +48,20 @@ def _retrained():
 
 
 def choices():
-    """What the study chose from its search, and what it then trained its final models with (in its own words
+    """What the paper chose from its search, and what it then trained its final models with (in its own words
     where it changed: the paper does not say on which pairs it compared)."""
     said = [f"{a} {b}/{e}" for a, (b, e), _ in _retrained()]
     changed = [f"{a} with batch size {b} ({e} epochs)" for a, searched, (b, e) in _retrained() if searched != (b, e)]
-    return (f"The study chose {' and '.join(said)} (batch/epochs) from its search" +
+    return (f"The paper chose {' and '.join(said)} (batch/epochs) from its search" +
             (f", then trained its final {', '.join(changed)}: \"we also tested a batch size of 25 samples and achieved "
              "better performance\" (its text does not say on which pairs)" if changed else ""))
 
 
 def normalisation(fold_pairs):
-    """Why the study's Table 1 validation errors sit far below its test errors (said beside Table 1)."""
+    """Why the paper's Table 1 validation errors sit far below its test errors (said beside Table 1)."""
     val, test = table("table1").val_error_mean, table("table2").test_error_mean
     about, spans = f"{100 * val.mean():.0f}%", f"{100 * test.min():.0f}-{100 * test.max():.0f}%"
-    return f"""Validation errors here are fractions of each fold's pairs. The study's validation errors (about
+    return f"""Validation errors here are fractions of each fold's pairs. The paper's validation errors (about
 {about}) are ten times below its own final test errors ({spans}): consistent with dividing a fold's error count by
 {PAIRS} instead of the fold's {fold_pairs} pairs. Its training errors with stds above their means are also
 consistent with a few diverged fits.
@@ -69,38 +69,38 @@ consistent with a few diverged fits.
 
 
 def differences(t2):
-    """The variants whose mean test error is further from the study's than either std (a description: the study's
+    """The variants whose mean test error is further from the paper's than either std (a description: the paper's
     rounds are not paired with these, so no test applies)."""
     lines = []
     for r in t2.itertuples():
         gap = r.test_error_mean - r.published_test_error_mean
         if abs(gap) > max(r.test_error_std, r.published_test_error_std):
             lines.append(f"- {r.variant}: {100 * r.test_error_mean:.2f}% here vs {100 * r.published_test_error_mean:.2f}"
-                         f"% in the study ({100 * gap:+.2f} points; stds {100 * r.test_error_std:.2f} and "
+                         f"% in the paper ({100 * gap:+.2f} points; stds {100 * r.test_error_std:.2f} and "
                          f"{100 * r.published_test_error_std:.2f}).")
-    return "\n".join(lines) or "- none: every variant is within either std of the study's number."
+    return "\n".join(lines) or "- none: every variant is within either std of the paper's number."
 
 
 def procedure(variants):
-    """Differences of procedure between the study and a run: listed, not shown to cause any gap (an arm of a study
+    """Differences of procedure between the paper and a run: listed, not shown to cause any gap (an arm of a study
     such as al_gap tests one at a time). Each is said only where its variants are here."""
     archs = {parse(v)[0] for v in variants}
-    causes = [f"the study's final {a} used batch size {b}, chosen by a comparison its text does not describe; here\n"
+    causes = [f"the paper's final {a} used batch size {b}, chosen by a comparison its text does not describe; here\n"
               "the selection comes from cross-validation alone" for a, searched, (b, e) in _retrained()
               if a in archs and searched != (b, e)]
-    causes.append("each round here draws its own pairs and seeds (the\nstudy's draws are unknown)")
-    causes.append("the study's text does not say how it scaled its inputs; here they are raw (0..255)")
-    if "ConvNet" in variants:  # its spread, far above its variants', is the study's own number
+    causes.append("each round here draws its own pairs and seeds (the\npaper's draws are unknown)")
+    causes.append("the paper's text does not say how it scaled its inputs; here they are raw (0..255)")
+    if "ConvNet" in variants:  # its spread, far above its variants', is the paper's own number
         std = table("table2").set_index("variant").test_error_std["ConvNet"]
-        causes.append(f"the study's ConvNet std of {100 * std:.2f} points, far above its variants', is consistent "
+        causes.append(f"the paper's ConvNet std of {100 * std:.2f} points, far above its variants', is consistent "
                       "with\nfits that diverged there, as some do here (the 'diverged' column)")
     return f"Differences of procedure (none shown to cause a gap): {'; '.join(causes)}.\n"
 
 
 def findings(t2):
-    """The Table 2 paragraph on the study's numbers: the differences beyond either std, and the differences of
+    """The Table 2 paragraph on the paper's numbers: the differences beyond either std, and the differences of
     procedure."""
-    return f"""Variants further from the study than either std (described, not tested: the study's rounds are not
+    return f"""Variants further from the paper than either std (described, not tested: the paper's rounds are not
 paired with these):
 {differences(t2)}
 
@@ -108,6 +108,6 @@ paired with these):
 
 
 def ws_al_beats_al(arch):
-    """Whether the study's WS+AL variant of this architecture has a lower test error than its AL variant."""
+    """Whether the paper's WS+AL variant of this architecture has a lower test error than its AL variant."""
     published = test_error()
     return published[f"{arch}_WS_AL"] < published[f"{arch}_AL"]

@@ -11,10 +11,10 @@
     [search.space]        # Training options searched, each a non-empty list of values; also `variant`
     normalize = [false, true]   # (variants of the searched architectures), `batch_size` and `epochs`
 
-    [search]              # or: Optuna (TPE), per architecture, `batch` trials in flight (a new one asked as one ends)
+    [search]              # or: Optuna (TPE), per architecture, `in_flight` trials at once (a new one asked as one ends)
     method = "optuna"
     trials = 24           # trials per architecture
-    batch = 4
+    in_flight = 4         # (its old name, `batch`, is still read)
     [search.space]        # lists are categorical; a range is {low = 1e-4, high = 1e-2, log = true}
     lr = {low = 3e-4, high = 3e-3, log = true}
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .models import ARCHITECTURES, VARIANTS, parse
 from .protocol import Protocol
-from .train import FitConfig, Training
+from .config import FitConfig, Training
 
 SHIPPED = Path(__file__).resolve().parent.parent / "studies"
 METHODS = ("grid", "optuna")
@@ -61,7 +61,7 @@ class Study:
     arms: tuple = ()  # ((name, {architecture: {batch_size, epochs, options...}}), ...): no search
     method: str = "grid"
     trials: int = 0  # optuna: trials per architecture
-    batch: int = 1  # optuna: trials in flight per architecture (more on a Dask cluster with more workers)
+    in_flight: int = 1  # optuna: trials in flight per architecture (more on a Dask cluster with more workers)
     final: dict = field(default_factory=dict)  # Training options set on the selection for the final rounds
     headline: str = ""  # arms: the arm whose number is the study's result, declared before the run
     history: str = ""  # what was fixed by hand, when, and what had been seen then (said in the report as written)
@@ -164,18 +164,20 @@ def _check_options(options, key, fail):
 
 
 def _search(study, search, fail):
-    _only(search, ("method", "budget", "space", "trials", "batch"), "search.", fail)
+    if "batch" in search and "in_flight" not in search:  # the key's old name, still read
+        search = {("in_flight" if k == "batch" else k): v for k, v in search.items()}
+    _only(search, ("method", "budget", "space", "trials", "in_flight"), "search.", fail)
     method = search.get("method", "grid")
     if method not in METHODS:
         fail("search.method", f"{method!r} is not a method; allowed: {', '.join(METHODS)}")
-    for key in ("budget", "trials", "batch"):
+    for key in ("budget", "trials", "in_flight"):
         value = search.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             fail(f"search.{key}", f"must be a positive integer, got {value!r}")
     if method == "optuna" and "trials" not in search:
         fail("search.trials", "an optuna search needs the number of trials per architecture")
-    if method == "grid" and ("trials" in search or "batch" in search):
-        fail("search.trials" if "trials" in search else "search.batch", "only an optuna search has trials")
+    if method == "grid" and ("trials" in search or "in_flight" in search):
+        fail("search.trials" if "trials" in search else "search.in_flight", "only an optuna search has trials")
     protocol = Protocol(**study.protocol)
     space = search.get("space", {})
     _only(space, SEARCHED, "search.space.", fail)
@@ -201,7 +203,8 @@ def _search(study, search, fail):
         if missing:
             fail("search.space.variant", f"no variant of {', '.join(missing)}, a searched architecture")
     space = tuple((n, v if isinstance(v, dict) else tuple(v)) for n, v in space.items())
-    study = replace(study, space=space, method=method, trials=search.get("trials", 0), batch=search.get("batch", 1))
+    study = replace(study, space=space, method=method, trials=search.get("trials", 0),
+                    in_flight=search.get("in_flight", 1))
     if method == "grid":
         grid = len(study.candidates()) * len(study.protocol.get("batch_sizes", Protocol().batch_sizes))
         if search.get("budget") is not None and grid > search["budget"]:

@@ -8,10 +8,11 @@ import pandas as pd
 
 from . import claims, published
 from .models import parse
-from .protocol import final_groups, final_table, groupby, options_text, search_table, selection_of
+from .protocol import final_groups, options_text, selection_of
+from .selection import final_table, groupby, search_table
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
 
-# technique vs its base, as the study argues them
+# technique vs its base, as the paper argues them
 COMPARISONS = [("WS vs plain", "", "_WS"), ("AL vs plain", "", "_AL"), ("AL vs WS", "_WS", "_AL"),
                ("WS+AL vs AL", "_AL", "_WS_AL"), ("WS+AL vs WS", "_WS", "_WS_AL")]
 PAIRED = ["n", "diff_mean", "ci_low", "ci_high", "t_pvalue"]
@@ -28,7 +29,7 @@ def markdown(df):
 
 
 def table1(records):
-    """Table 1 (search): ours (correctly normalised per fold) beside the study's."""
+    """Table 1 (search): ours (correctly normalised per fold) beside the paper's."""
     keys = ["architecture", "epochs", "batch_size"]
     return pd.DataFrame(search_table(records)).merge(published.columns("table1", keys), on=keys, how="left")
 
@@ -40,7 +41,7 @@ def _diverged(records, variant, epochs):
 
 
 def table2(records):
-    """Table 2 (final): ours beside the study's, with the diverged fits counted."""
+    """Table 2 (final): ours beside the paper's, with the diverged fits counted."""
     ours = pd.DataFrame(final_table(records))
     ours["diverged"] = [_diverged(records, v, e) for v, e in zip(ours["variant"], ours["epochs"])]
     return ours.merge(published.columns("table2", ["variant"], drop=["param_count"]), on="variant", how="left")
@@ -101,7 +102,7 @@ def comparisons(records):
 def arms_table(records, protocol, arms):
     """Per variant and arm: test error over the rounds (mean with its 95% interval), and each later arm against the
     first, judged by the claims policy (the family: every later arm of every variant). Where the first arm trains
-    the study's model (no option away from the defaults), the share of the gap between the first arm and the
+    the paper's model (no option away from the defaults), the share of the gap between the first arm and the
     study's published number that an arm closes, with a bootstrap interval that includes the published mean's own
     uncertainty; NaN else."""
     by_config = _rounds(records)
@@ -153,7 +154,7 @@ def beside(studies):
 
 
 def _pm(df, name):
-    """Mean ± std in % of the columns name_mean and name_std ("—" where NaN: no such cell in the study)."""
+    """Mean ± std in % of the columns name_mean and name_std ("—" where NaN: no such cell in the paper)."""
     return ["—" if m != m else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(df[f"{name}_mean"],
                                                                                  df[f"{name}_std"])]
 
@@ -193,7 +194,7 @@ def display(df, kind, tested=True):
                 "share of the gap closed (95% interval)": [
                     f"{100 * v:.0f}% ({100 * lo:.0f}% to {100 * hi:.0f}%)" if s and v == v else "—"
                     for s, v, lo, hi in zip(shown, df.share_of_gap_closed, df.share_low, df.share_high)]}
-        if df.published_test_error_mean.isna().all():  # no arm trains the study's model: nothing to compare with
+        if df.published_test_error_mean.isna().all():  # no arm trains the paper's model: nothing to compare with
             del cols["published %"], cols["share of the gap closed (95% interval)"]
     elif kind == "statistics":
         ci = lambda d, lo, hi: [claims.points(*v).replace("95% CI ", "") for v in zip(d, lo, hi)]  # noqa: E731

@@ -62,7 +62,8 @@ def quick_records(data_dir):
     from pairs import protocol as P
     q = P.PROFILES["quick"]
     search = [r for g in P.search_groups(q) for r in P.train_group(g, data_dir)[0]]
-    selection = P.select(P.search_table(search))
+    from pairs.selection import choose, search_table
+    selection = choose(search_table(search))
     return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)[0]]
 
 

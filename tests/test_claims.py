@@ -8,7 +8,7 @@ import pytest
 from pairs.claims import EXPLORATORY, INCONCLUSIVE, Comparison, holm, judge, said, share_interval, status
 from pairs.protocol import FitRecord, Protocol
 from pairs.tables import comparisons
-from pairs.train import FitConfig
+from pairs.config import FitConfig
 
 ROUNDS = range(20)
 BASE = {k: 0.15 + 0.01 * (k % 5) for k in ROUNDS}

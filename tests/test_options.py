@@ -7,7 +7,8 @@ import torch
 
 from pairs.data import kfold
 from pairs.models import PairNet, compare_digits, param_count
-from pairs.train import FitConfig, FitData, augment, fit, fit_many, shift_digits
+from pairs.config import FitConfig
+from pairs.train import FitData, augment, fit, fit_many, shift_digits
 
 SINGLE = [dict(batch_norm=True), dict(weight_decay=0.05), dict(schedule="cosine"), dict(schedule="onecycle"),
           dict(shift=2), dict(re_pair=True), dict(head="digits"), dict(branch="large"), dict(dropout=0.3),

@@ -14,7 +14,7 @@ from flows.__main__ import run_parser
 from flows.pipeline import pipeline
 from flows.settings import SETTINGS, Run, Setting, _settings, mlproject
 from pairs.protocol import Protocol
-from pairs.train import FitConfig, Training, option
+from pairs.config import FitConfig, Training, option
 
 ROOT = Path(__file__).resolve().parent.parent
 

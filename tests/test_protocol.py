@@ -9,7 +9,8 @@ from torch import nn
 from pairs import protocol as P
 from pairs.models import PairNet
 from pairs.stacked import Stacked
-from pairs.train import FitConfig, describe_machine
+from pairs.config import FitConfig
+from pairs.machine import describe_machine
 
 from conftest import FIXTURES, recorded_quick
 

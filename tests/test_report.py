@@ -9,7 +9,7 @@ from pairs import published
 from pairs.protocol import FitRecord
 from pairs.report import optimizer
 from pairs.tables import display
-from pairs.train import FitConfig
+from pairs.config import FitConfig
 
 
 def record(**training):

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from pairs import protocol as P
+from pairs.selection import choose, search_table
 from pairs import studies
 from pairs.protocol import PROFILES
 
@@ -52,7 +53,7 @@ def test_a_search_space_multiplies_the_grid(tmp_path):
 
 BAD = [
     ("protocol = [", "not valid TOML"),
-    ("[protocl]\nfolds = 3", "protocl: unknown key; allowed: description, protocol, search, arm"),
+    ("[protocl]\nfolds = 3", "protocl: unknown key; allowed: description, history, headline, protocol, search, arm"),
     ("[protocol]\nfold = 3", "protocol.fold: unknown key; allowed: lr,"),
     ("[protocol]\nfolds = 0", "protocol.folds: folds must be a positive integer, got 0"),
     ("[search]\nbudget = 0", "search.budget: must be a positive integer, got 0"),
@@ -84,6 +85,10 @@ BAD = [
      "arm[0].ConvNet.batch_size: must be a positive integer, got 0"),
     ("[[arm]]\nConvNet = {batch_size = 5, epochs = 2}", "arm[0].name: each arm needs a name of its own"),
     ("[search]\n[[arm]]\nname = 'a'", "arm: a study has either a [search] or arms, not both"),
+    ("headline = 'b'\n[[arm]]\nname = 'a'\nConvNet = {batch_size = 5, epochs = 2}\nMLP = {batch_size = 5, epochs = 2}",
+     "headline: 'b' is not an arm of this study; arms: a"),
+    ("history = 3", "history: must be a string, got 3"),
+    ("[search]\nmethod = 'optuna'\ntrials = 2\nin_flight = 0", "search.in_flight: must be a positive integer, got 0"),
 ]
 
 
@@ -97,7 +102,7 @@ def test_a_bad_study_file_is_one_line_naming_file_and_key(tmp_path, text, messag
 
 
 def test_an_unknown_study_name_lists_the_shipped_ones():
-    with pytest.raises(studies.StudyError, match="no such file; shipped studies: al_gap, extended, faithful"):
+    with pytest.raises(studies.StudyError, match="no such file; shipped studies: al_gap, confirm, extended, faithful"):
         studies.load("al_gap_v2")
 
 
@@ -110,7 +115,7 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     def search():
         P._pair_sets.cache_clear()
         records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)[0]]
-        return P.select(P.search_table(records)), [r.to_json() for r in records]
+        return choose(search_table(records)), [r.to_json() for r in records]
 
     honest = search()
     for r in honest[1]:
@@ -279,3 +284,9 @@ def test_a_resumed_optuna_search_asks_what_an_uninterrupted_one_asks(prefect_env
         study_name=s.study_name, storage=storage).trials] for s in optuna.get_all_study_summaries(storage)}
     assert len(asked["crashed"]) == 3 and len({t["lr"] for t in asked["crashed"]}) == 3
     assert asked["crashed"] == asked["whole"]
+
+
+def test_the_old_name_of_trials_in_flight_is_still_read(tmp_path):
+    f = tmp_path / "old.toml"
+    f.write_text("[search]\nmethod = 'optuna'\ntrials = 4\nbatch = 2\n[search.space]\nlr = [0.001, 0.002]\n")
+    assert studies.load(f).in_flight == 2

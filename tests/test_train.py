@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pairs.data import kfold
-from pairs.train import FitConfig, FitData, _losses, fit, fit_many, init_model
+from pairs.config import FitConfig
+from pairs.train import FitData, _losses, fit, fit_many, init_model
 
 
 def fold_data(p, k=4, n=200):

@@ -1,4 +1,6 @@
-"""python -m flows bench [--device cpu|cuda] [--out BENCHMARKS.md]: how fast the study trains here.
+"""python benchmarks/bench.py [--device cpu|cuda] [--out BENCHMARKS.md]: how fast the study trains here.
+
+It measures the installed `pairs` and `flows` from outside them, as nanoGPT's bench.py sits beside its model.
 
 Measured in one run on one machine: (1) s/epoch of one model alone per variant (the study's Table 2
 column), (2) per-fit s/epoch when a search cell's folds x rounds or a variant's final rounds train
@@ -27,8 +29,11 @@ from pairs import report as R
 from pairs.data import data_root, pair_sets
 from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
+from pairs.selection import choose, final_table, search_table
 from pairs import published
-from pairs.train import FitConfig, FitData, describe_machine, fit, fit_many, matmul_gflops, resolve_device
+from pairs.config import FitConfig
+from pairs.machine import describe_machine, matmul_gflops, resolve_device
+from pairs.train import FitData, fit, fit_many
 
 STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
@@ -305,7 +310,7 @@ def dask_lines(epochs):
     chunk = lambda c: "whole groups" if c is None else f"`--chunk {c}`"
     lines = [SCALING[0], "## More machines: Dask workers (CPU, measured, then simulated)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}",
-             f"- Command: `python -m flows bench --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
+             f"- Command: `python benchmarks/bench.py --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
              "this one run.", "",
              f"The full protocol's ConvNet and MLP search cells at batch 100 (100 fits each, cut to {epochs} epochs), "
              f"in {m['units']} units of one round (10 fits):", "",
@@ -336,7 +341,7 @@ def dask_lines(epochs):
     return lines + [SCALING[1]]
 
 
-LEVERS = ("<!-- levers: python -m flows bench --levers -->", "<!-- /levers -->")
+LEVERS = ("<!-- levers: python benchmarks/bench.py --levers -->", "<!-- /levers -->")
 
 
 def _unfold_conv(mods, device):
@@ -438,7 +443,7 @@ def levers(ceiling, epochs=4, k=20):
     lines = [LEVERS[0], "## Levers (CPU, measured)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}; float32 matmul ceiling **{ceiling:.0f} GFLOP/s** "
              "in this run",
-             f"- Command: `python -m flows bench --levers` ({time.strftime('%Y-%m-%d')}): search fits (900 training "
+             f"- Command: `python benchmarks/bench.py --levers` ({time.strftime('%Y-%m-%d')}): search fits (900 training "
              f"pairs) trained stacked ({k} fits; the extended ConvNet: {cells[-1][2]} fits of 3 models), median of "
              f"epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training FLOPs counted from the model) and its ratio to "
              "the pipeline's way in the same cell.", "",
@@ -455,8 +460,8 @@ def levers(ceiling, epochs=4, k=20):
 
 
 PUBLISHED = ("docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision")
-LIMITS = ("<!-- limits: python -m flows bench --limits -->", "<!-- /limits -->")
-SCALING = ("<!-- scaling: python -m flows bench --scaling -->", "<!-- /scaling -->")
+LIMITS = ("<!-- limits: python benchmarks/bench.py --limits -->", "<!-- /limits -->")
+SCALING = ("<!-- scaling: python benchmarks/bench.py --scaling -->", "<!-- /scaling -->")
 
 
 def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent, folders=PUBLISHED):
@@ -506,7 +511,7 @@ def write_section(out, lines, markers=LIMITS):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(prog="python -m flows bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measured fit (the first is a warm-up)")
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -547,7 +552,7 @@ def main(argv):
 
     lines = [f"# Benchmarks ({device.type})", "",
              f"- Machine: {describe_machine(device)}",
-             f"- Command: `python -m flows bench --device {args.device} --epochs {args.epochs}` "
+             f"- Command: `python benchmarks/bench.py --device {args.device} --epochs {args.epochs}` "
              f"({time.strftime('%Y-%m-%d')}); all numbers below from this one run.",
              f"- float32 matmul 2048x2048: **{ceiling:.0f} GFLOP/s** (the practical ceiling).", "",
              "| what | variant | batch | fits stacked | s/epoch per fit | GFLOP/s | % of matmul | study s/epoch |",
@@ -587,10 +592,10 @@ def main(argv):
     if args.full:
         t = time.perf_counter()
         search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)[0]]
-        chosen = P.select(P.search_table(search))
+        chosen = choose(search_table(search))
         final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)[0]]
         took = time.perf_counter() - t
-        table = {r["variant"]: r for r in P.final_table(final)}
+        table = {r["variant"]: r for r in final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",
                   f"- {len(search) + len(final)} fits, search + selection + final, no tracking: **{took:.0f} s**",
                   f"- selection: { {a: c.as_dict() for a, c in chosen.items()} }",
