@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pairs import protocol as P
+from pairs.selection import choose, search_table
 
 from conftest import _port, _serve
 from test_machines import assert_same_as_in_process, records_of
@@ -56,7 +57,7 @@ def alone(seed, root):
     """The records the pipeline of `seed` logs, trained here by the library: search, selection, final."""
     q = P.PROFILES["quick"].with_(seed=seed, **SMALL)
     search = [r for g in P.search_groups(q) for r in P.train_group(g, root)[0]]
-    selection = P.select(P.search_table(search))
+    selection = choose(search_table(search))
     return search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, root)[0]]
 
 
