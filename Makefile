@@ -1,6 +1,9 @@
 # make test: create .venv when missing, fetch MNIST when missing, run the tests. make run: the study via `mlflow run`.
-# make ui / make prefect: the MLflow UI on the project's store / a Prefect server with its UI.
+# make ui / make prefect: the MLflow UI on the project's store / a Prefect server with its UI (UI_PORT=5000 and
+# PREFECT_PORT=4200 choose their ports; give make run the same UI_PORT so its last line links the right one).
 PY ?= python3
+UI_PORT ?= 5000
+PREFECT_PORT ?= 4200
 VENV := .venv
 STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 export PAIRS_DATA_DIR ?= $(CURDIR)/data
@@ -20,14 +23,16 @@ test: venv
 # PROFILE=quick, STUDY=extended, REGISTER=yes|no, ARGS="-P trials=2 -P epoch_grid=2" pass through to mlflow run
 run: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE)} \
+	  PAIRS_MLFLOW_UI=http://127.0.0.1:$(UI_PORT) \
 	  mlflow run . --env-manager local --experiment-name pairs $(if $(PROFILE),-P profile=$(PROFILE)) \
 	  $(if $(STUDY),-P study=$(STUDY)) $(if $(REGISTER),-P register_model=$(REGISTER)) $(ARGS)
 
 ui: venv
-	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-$(STORE)} --host 127.0.0.1 --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-$(STORE)} --host 127.0.0.1 --port $(UI_PORT)
 
 prefect: venv
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 bench: venv
 	$(VENV)/bin/python benchmarks/bench.py

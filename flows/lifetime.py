@@ -43,11 +43,12 @@ _jobs = queue.SimpleQueue()
 _prctl = None
 
 
-# Read by Prefect once, at its import: cached results stay in the project, not in ~/.prefect; nothing phones home
+# Read by Prefect and MLflow once, at import: cached results stay in the project, not in ~/.prefect; nothing phones home
 # (offline machines); the temporary server gets two minutes to start on a loaded 2-core machine.
 ENVIRONMENT = {"PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(ROOT / ".cache" / "prefect"),
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+               "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+               "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # not two "View run" lines per fit on a server
 
 
 def environment():

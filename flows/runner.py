@@ -33,6 +33,11 @@ def task_runner(run):
     if not (run.cluster or run.workers):
         from prefect.task_runners import ThreadPoolTaskRunner
         return ThreadPoolTaskRunner(max_workers=1)
+    # Dask's INFO lines (dozens at a local cluster's start and end) say nothing a user acts on; warnings stay. The
+    # variable reaches the workers a local cluster spawns, and the process's own loggers are set too.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    import logging
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     from prefect_dask import DaskTaskRunner
     if run.cluster:
         return DaskTaskRunner(address=run.cluster)

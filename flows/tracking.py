@@ -70,7 +70,8 @@ def download_artifacts(run_id, names, folder):
 
 
 HOST = socket.gethostname()
-UI = "http://127.0.0.1:5000"  # where `make ui` (mlflow ui on the project's store) serves
+# where `make ui` (mlflow ui on the project's store) serves; `make run UI_PORT=...` sets it to the port `make ui` uses
+UI = os.environ.get("PAIRS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
 # one colour per variant in every MLflow chart (matplotlib's tab10; the UI otherwise colours runs by their id)
 VARIANT_COLORS = dict(zip(VARIANTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                      "#17becf")))
@@ -96,6 +97,7 @@ class Tracker:
             self.db.parent.mkdir(parents=True, exist_ok=True)
         self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid()), **(tags or {})}  # on every run
         self.open, self.fit_runs = [], {}  # fit key -> its run, for the fits logged or found by this tracker
+        self.rows = {}  # row run id -> its mean test error (None until its fits are in), for the comparison page
         self.guard, self.closed = threading.Lock(), False  # no run is created once finish() has begun
         with self.lock():
             self.client = MlflowClient(self.uri)
@@ -109,6 +111,7 @@ class Tracker:
             if not attached:
                 self.run_id, self.owned = self._create(run_name, {"pairs.kind": "pipeline"}), True
             self.tags["pairs.pipeline_run"] = self.run_id
+            self.name = self.client.get_run(self.run_id).info.run_name  # rows carry it: which pipeline a row is
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.tags.items()]
                                   + [RunTag("pairs.kind", "pipeline")])
 
@@ -163,16 +166,21 @@ class Tracker:
     def row(self, name, parent_id, config):
         """The run of one configuration of the final stage: its fits are logged under it, then `end_row` gives it
         Table 2's numbers. Coloured by variant, so the eight keep their colours in every chart."""
-        run_id = self._create(name, {PARENT: parent_id, "pairs.kind": "row", "pairs.stage": "final",
-                                     "mlflow.runColor": VARIANT_COLORS[config.variant]})
+        run_id = self._create(f"{name} · {self.name}", {PARENT: parent_id, "pairs.kind": "row", "pairs.stage": "final",
+                                                        "mlflow.runColor": VARIANT_COLORS[config.variant]})
         self.log_params(run_id, config_params(config))
+        self.rows[run_id] = (name, None)
         return run_id
 
     def end_row(self, run_id, row):
         """Table 2's row as metrics: mean and std of test and train error over the rounds, parameters, s/epoch,
-        diverged fits, rounds."""
+        diverged fits, rounds; and in its name, so that the runs list and the compare page show it at first sight."""
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in row.items()])
+        name = self.rows[run_id][0]
+        self.rows[run_id] = (name, row["test_error_mean"])
+        self.client.update_run(run_id, name=f"{name} · test error {100 * row['test_error_mean']:.2f} ± "
+                                            f"{100 * row['test_error_std']:.2f}% · {self.name}")
         self.end(run_id)
 
     def set_tags(self, run_id, tags):
@@ -188,8 +196,15 @@ class Tracker:
         return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{run_id or self.run_id}"
 
     def compare_url(self):
-        """The comparison view: this pipeline's final configurations, one row each, best test error first (with a
-        filter or a sort, the UI lists them flat instead of folded under their stage)."""
+        """The comparison view: MLflow's compare page of this pipeline's final configurations, best mean test error
+        first, every param and metric side by side as numbers (and a parallel-coordinates plot); before any row
+        has its numbers, the runs table filtered to its rows."""
+        done = sorted((m, r) for r, (_, m) in self.rows.items() if m is not None)
+        if done:
+            query = urllib.parse.urlencode({"runs": json.dumps([r for _, r in done]),
+                                            "experiments": json.dumps([self.experiment_id])},
+                                           quote_via=urllib.parse.quote)
+            return f"{self.ui}/#/compare-runs?{query}"
         return compare_url(self.ui, self.experiment_id, f"tags.`pairs.pipeline_run` = '{self.run_id}' AND "
                                                         "tags.`pairs.kind` = 'row'")
 

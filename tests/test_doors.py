@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def page(url, tmp_path, name):
     """The page as Chromium renders it (its DOM after the scripts ran) and a screenshot of it."""
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / ('chrome-' + name)}", "--window-size=1600,1000",
+             f"--user-data-dir={tmp_path / ('chrome-' + name)}", "--window-size=3000,1600",
              "--virtual-time-budget=25000"]
     subprocess.run(flags + [f"--screenshot={tmp_path / (name + '.png')}", url], capture_output=True, timeout=180)
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
@@ -153,23 +154,29 @@ def test_a_run_of_full_counts_then_takes_the_champion_and_latest(made):
 
 
 def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_server, quick_run, tmp_path):
-    """The pipeline's last line names the view; the UI, opened there, lists one row per variant with Table 2's
-    numbers as metrics, each variant in its own colour."""
+    """The pipeline's last line names MLflow's compare page of its rows, best mean test error first; opened there
+    (3000 px), it shows each variant's name with its pipeline's, and Table 2's numbers as numbers."""
     base, run = mlflow_server["url"], quick_run
     client = run["client"]
     pipeline_run = run["first"]["run_id"]
-    url = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\S+)", run["first"]["where"]).group(1)
+    url = re.search(r"http://127\.0\.0\.1:5000(/#/compare-runs\?\S+)", run["first"]["where"]).group(1)
     rows = client.search_runs([client.get_run(pipeline_run).info.experiment_id],
                               f"tags.`pairs.kind` = 'row' AND tags.`pairs.pipeline_run` = '{pipeline_run}'")
-    assert sorted(r.info.run_name for r in rows) == sorted(VARIANTS)
+    name = client.get_run(pipeline_run).info.run_name
+    assert sorted(r.info.run_name.split(" · ")[0] for r in rows) == sorted(VARIANTS)
+    assert all(r.info.run_name.endswith(f" · {name}") and " · test error " in r.info.run_name for r in rows)
     assert all({"test_error_mean", "test_error_std", "train_error_mean", "train_error_std", "param_count",
                 "s_per_epoch", "rounds"} <= set(r.data.metrics) for r in rows)
     assert len({r.data.tags["mlflow.runColor"] for r in rows}) == 8
+    listed = json.loads(urllib.parse.parse_qs(url.split("?", 1)[1])["runs"][0])
+    best_first = sorted(rows, key=lambda r: (r.data.metrics["test_error_mean"], r.info.run_id))
+    assert listed == [r.info.run_id for r in best_first]
     dom = page(base + url, tmp_path, "mlflow")
-    shown = sorted(v for v in VARIANTS if re.search(rf">{v}<", dom))
-    assert shown == sorted(VARIANTS), (shown, dom[-2000:])
     text = re.sub(r"<[^>]+>", " ", dom)
-    assert "pairs.pipeline_run" in dom and re.search(r"\b8\s+matching runs", text), text[-2000:]
+    shown = sorted(v for v in VARIANTS if re.search(rf"\b{v} · test error \d+\.\d\d ± \d+\.\d\d% · ", text))
+    assert shown == sorted(VARIANTS), (shown, text[-2000:])
+    assert "test_error_mean" in text and "param_count" in text, text[-2000:]
+    assert all(str(int(r.data.metrics["param_count"])) in text for r in rows), text[-3000:]
 
 
 def test_a_report_of_a_run_that_is_not_there_is_one_line(made):

@@ -57,11 +57,16 @@ def test_run_tree(quick_run):
     stages = {r.info.run_name: rid for rid, r in all_runs.items() if r.data.tags.get("mlflow.parentRunId") == root}
     assert set(stages) == {"search", "final"}
     rows = {rid: r for rid, r in all_runs.items() if r.data.tags.get("mlflow.parentRunId") == stages["final"]}
-    assert sorted(r.info.run_name for r in rows.values()) == sorted(QUICK.variants)  # a row per configuration
+    name = all_runs[root].info.run_name  # a row is named after its configuration, its test error and its pipeline
+    variant_of = {rid: r.info.run_name.split(" · ")[0] for rid, r in rows.items()}
+    assert sorted(variant_of.values()) == sorted(QUICK.variants)
+    for r in rows.values():
+        m, s = 100 * r.data.metrics["test_error_mean"], 100 * r.data.metrics["test_error_std"]
+        assert r.info.run_name == f"{variant_of[r.info.run_id]} · test error {m:.2f} ± {s:.2f}% · {name}"
     for r in fit_runs(client, "quick"):
         parent = r.data.tags["mlflow.parentRunId"]
         assert parent == stages["search"] if r.data.params["stage"] == "search" else \
-            rows[parent].info.run_name == r.data.params["variant"]
+            variant_of[parent] == r.data.params["variant"]
     names = [r.info.run_name for r in fit_runs(client, "quick")]
     assert len(set(names)) == len(names) and "final MLP_WS r1" in names and "search MLP batch 50 r1 f2" in names
     pipelines = {root, quick_run["second"]["run_id"]}  # (the second call's runs: its stages and rows, no fits)
@@ -71,7 +76,7 @@ def test_run_tree(quick_run):
         assert (r.data.tags["pairs.profile"], r.data.tags["pairs.study"]) == ("quick", "profile grid")
         assert kind == "pipeline" or "pairs.stage" in r.data.tags, r.info.run_name
     assert all(r.data.tags["pairs.pipeline_run"] == root for r in fit_runs(client, "quick"))
-    row = next(r for r in rows.values() if r.info.run_name == "MLP_WS")
+    row = next(r for r in rows.values() if variant_of[r.info.run_id] == "MLP_WS")
     finals = [r for r in fit_runs(client, "quick") if r.data.tags["mlflow.parentRunId"] == row.info.run_id]
     errors = [r.data.metrics["test_error"] for r in finals]
     assert row.data.metrics["test_error_mean"] == pytest.approx(sum(errors) / len(errors))

@@ -37,3 +37,16 @@ def test_a_folder_without_records_says_what_it_needs(tmp_path):
     (tmp_path / "run.json").write_text('{"protocol": {}, "meta": {}}')
     with pytest.raises(FileNotFoundError, match="no fit records .*final_fits.json"):
         from_folder(tmp_path, tmp_path / "out")
+
+
+def test_the_readmes_numbers_are_in_the_reports_they_cite():
+    """Every number in the README's results paragraph is in a published REPORT.md (or beside.md): the paragraph
+    quotes the reports, it does not compute or round anew."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- results -->")[1].split("<!-- /results -->")[0]
+    reports = "".join(p.read_text() for p in (ROOT / "docs" / "results").glob("**/*.md"))
+    numbers = re.findall(r"[+-]?\d+\.\d+%?|\d+%", block)
+    assert len(numbers) > 5, block
+    missing = [n for n in numbers if n not in reports]
+    assert not missing, f"README numbers not in any docs/results report: {missing}"
