@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pairs import arms
+from pairs import arms, tables
 from pairs import report as R
 from pairs import protocol as P
 from pairs.protocol import Protocol, selection_of
@@ -43,6 +43,41 @@ def final_rounds(protocol):
     p = protocol if isinstance(protocol, dict) else asdict(protocol)
     base = p["seed"] if p.get("final_seed") is None else p["final_seed"]
     return base, p["pairs"], p["final_rounds"]
+
+
+def confirmations(selection, protocol):
+    """Published studies of arms that evaluated this selection ({architecture: settings}) on final rounds other than
+    this protocol's: per such arm and variant, its mean test error with a 95% interval, on rounds that (folders) had
+    shown. An arm matches when every setting both name is equal (its ensemble may differ, and is said)."""
+    found = []
+    for path in sorted(PUBLISHED.glob("**/run.json")):
+        run = json.loads(path.read_text())
+        arms_ = run.get("study", {}).get("arms") or []
+        if not arms_ or final_rounds(run["protocol"])[:2] == final_rounds(protocol)[:2]:
+            continue
+        other = _protocol(run["protocol"])
+        table = None
+        for name, per in arms_:
+            for arch, chosen in selection.items():
+                mine = per.get(arch, {}) | {"normalize": run["protocol"].get("normalize", False)}
+                if not all(mine[k] == v for k, v in chosen.items() if k in mine and k != "ensemble"):
+                    continue
+                if table is None:
+                    table = tables.arms_table(R.load_records(records_in(path.parent, "final_fits.json")), other,
+                                              [(n, p) for n, p in arms_])
+                for row in table[(table.arm == name) & (table.variant == chosen.get("variant", arch))].itertuples():
+                    found.append({"folder": path.parent.relative_to(ROOT).as_posix(), "arm": name,
+                                  "ensemble": mine.get("ensemble", 1), "variant": row.variant,
+                                  "mean": row.test_error_mean, "low": row.mean_ci_low, "high": row.mean_ci_high,
+                                  "rounds": row.rounds, "base": final_rounds(other)[0],
+                                  "seen": seen_by(other, path.parent)})
+    return found
+
+
+def _protocol(values):
+    """A Protocol from run.json's dict (written before some settings were renamed)."""
+    renamed = P.RENAMED | {"epochs": "epoch_grid"}
+    return Protocol(**{renamed.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def seen_by(protocol, folder=None):
@@ -136,12 +171,11 @@ def rebuild(run, files, out, folder=None):
     study = Study(**{renamed.get(k, k): tuple(map(tuple, v)) if k in ("space", "arms") else v for k, v in run.get(
         "study", {"path": "", "description": "", "protocol": {}}).items()})
     final = R.load_records(files["final_fits.json"])
-    renamed = P.RENAMED | {"epochs": "epoch_grid"}  # (a run.json of before the renames)
-    protocol = Protocol(**{renamed.get(k, k): tuple(v) if isinstance(v, list) else v
-                           for k, v in run["protocol"].items()})
+    protocol = _protocol(run["protocol"])
     meta = run["meta"] | {"seen": seen_by(protocol, folder)}
     if study.arms:
         return arms.report(final, study, protocol, out, meta)
+    meta["confirmed"] = confirmations(run.get("selection", {}), protocol)
     search = R.load_records(files["search_fits.json"])
     return R.full_report(search, final, selection_of(run["selection"]), protocol, out, meta, study)
 

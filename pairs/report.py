@@ -46,7 +46,7 @@ column. {diverged}
 {losses}
 
 ![Test error by round](test_error_by_round.png)
-
+{confirmed}
 {statistics}
 ## Command
 {command}
@@ -266,7 +266,21 @@ def render(search, final, selection, protocol, meta, study=None):
         rounds=p.final_rounds, diverged=diverged_note(t2, len(final)), table2=markdown(display(t2, "table2")),
         findings=published.findings(t2) if on_grid and tested(p, meta) else "",
         losses=" ".join(f"![{a} loss](loss_{a}.png)" for a in dict.fromkeys(parse(v)[0] for v in t2.variant)),
-        statistics=statistics(t2, cmp, p, meta), command=command(meta))
+        statistics=statistics(t2, cmp, p, meta), command=command(meta), confirmed=confirmed(meta))
+
+
+def confirmed(meta):
+    """This selection evaluated again on other final rounds by published studies of arms (`meta`'s `confirmed`)."""
+    found = meta.get("confirmed") or []
+    if not found:
+        return ""
+    lines = ["\n## The selection on other final rounds (published confirmations)"]
+    for c in found:
+        fresh = ("shown by no other published folder" if not c["seen"] else f"also shown by {', '.join(c['seen'])}")
+        lines.append(f"- {c['folder']}, arm `{c['arm']}` (ensemble of {c['ensemble']}): {c['variant']} "
+                     f"**{100 * c['mean']:.2f}%** mean test error (95% CI {100 * c['low']:.2f} to {100 * c['high']:.2f}) "
+                     f"over rounds 0-{c['rounds'] - 1} of base seed {c['base']}, {fresh}.")
+    return "\n".join(lines) + "\n"
 
 
 def full_report(search, final, selection, protocol, out, meta, study=None):
