@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ["docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision"]
+FOLDERS = ["docs/results", "docs/results/al_gap", "docs/results/extended", "docs/results/precision",
+           "docs/results/confirm"]
 BESIDE = {"docs/results/extended/beside": ["docs/results/al_gap", "docs/results/extended"]}
 
 
