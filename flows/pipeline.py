@@ -18,7 +18,7 @@ from pairs import report as R
 from pairs.data import data_root
 from pairs.machine import resolve_device
 
-from . import registry
+from . import links, registry
 from .lifetime import ended, guard_child
 from .prefect_artifacts import link_prefect, publish_table2
 from .progress import Progress, planned
@@ -117,5 +117,5 @@ def where_to_look(tracker, until):
     report = (f"REPORT.md and its tables are artifacts of the run (`python -m flows report {tracker.run_id}` writes "
               f"them to reports/{tracker.run_id}/); " if until == "report" else "")
     if until in ("prepare", "search"):  # no final configurations yet: the runs
-        return f"the runs: {local}{tracker.compare_url().split('?')[0]}?workflowType=machine_learning"
-    return f"{report}the configurations side by side: {local}{tracker.compare_url()}"
+        return f"the runs: {local}{links.runs_table(tracker)}"
+    return f"{report}the configurations side by side: {local}{links.compare_page(tracker)}"

@@ -4,6 +4,8 @@ import os
 
 from pairs import tables as T
 
+from . import links
+
 
 def link_prefect(tracker):
     """The pipeline's MLflow run tagged with the Prefect flow run (its id, name and, with a Prefect server, its UI
@@ -15,7 +17,7 @@ def link_prefect(tracker):
     if os.environ.get("PREFECT_API_URL"):  # a temporary server's pages are gone with this process
         tags["prefect.flow_run_url"] = flow_run.ui_url
     tracker.set_tags(tracker.run_id, {k: v for k, v in tags.items() if v})
-    create_link_artifact(tracker.ui_url(), link_text=f"MLflow run {tracker.run_id}", key="mlflow-run",
+    create_link_artifact(links.run_page(tracker), link_text=f"MLflow run {tracker.run_id}", key="mlflow-run",
                          description="The pipeline's run in MLflow: its stages, the comparison rows and every fit.")
 
 
@@ -25,5 +27,5 @@ def publish_table2(final, tracker):
 
     t2 = T.table2(final)
     create_markdown_artifact(f"# Table 2 (final rounds)\n\n{T.markdown(T.display(t2, 'table2'))}\nMLflow: "
-                             f"[the pipeline run]({tracker.ui_url()}), its `final` stage holds one row run per "
+                             f"[the pipeline run]({links.run_page(tracker)}), its `final` stage holds one row run per "
                              "configuration.\n", key="table-2", description="Table 2 of this pipeline call")

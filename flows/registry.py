@@ -89,10 +89,35 @@ def register_champion(tracker, search, final_groups, selection, study, protocol,
         held = float(holder.tags["cv_error"])
         return (True, f"alias champion (version {holder.version} had CV error {100 * held:.2f}%)") if held > cv[arch] \
             else (False, f"champion stays version {holder.version} (CV error {100 * held:.2f}%)")
-    version, verdict = tracker.register(run_id, REGISTERED, tags, description, DESCRIPTION, promote)
+    version, verdict = register_version(tracker, run_id, REGISTERED, tags, description, DESCRIPTION, promote)
     if version is None:
         print(f"[registry] {REGISTERED}: this pipeline's model is registered already", flush=True)
         return
     print(f"[registry] {REGISTERED} version {version.version}: {fit.variant}, CV error {100 * cv[arch]:.2f}%, "
           f"round 0 test error {100 * test[0]:.2f}%; {verdict}; models:/{REGISTERED}/{version.version} "
           f"(models:/{REGISTERED}/latest until a newer one)", flush=True)
+
+
+def register_version(tracker, run_id, name, tags, description, model_description, promote):
+    """Register the fit run's model as a new version of `name` (with the model's description, once); the
+    alias `champion` moves to it when `promote(holder)` says so (holder: the version holding it, or None).
+    Returns (version, why), or (None, None) when this run's model is registered already."""
+    import mlflow
+
+    uri = tracker.client.get_run(run_id).data.tags["pairs.model_uri"]
+    mlflow.set_tracking_uri(tracker.uri)
+    with tracker.lock():
+        if tracker.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'"):
+            return None, None  # a rerun of a finished pipeline
+        version = mlflow.register_model(uri, name, tags={k: str(v) for k, v in tags.items()})
+        tracker.client.update_model_version(name, version.version, description=description)
+        if not tracker.client.get_registered_model(name).description:
+            tracker.client.update_registered_model(name, description=model_description)
+        try:
+            holder = tracker.client.get_model_version_by_alias(name, "champion")
+        except mlflow.exceptions.MlflowException:
+            holder = None
+        take, why = promote(holder)
+        if take:
+            tracker.client.set_registered_model_alias(name, "champion", version.version)
+    return version, why

@@ -30,7 +30,6 @@ import os
 import socket
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,8 +69,6 @@ def download_artifacts(run_id, names, folder):
 
 
 HOST = socket.gethostname()
-# where `make ui` (mlflow ui on the project's store) serves; `make run UI_PORT=...` sets it to the port `make ui` uses
-UI = os.environ.get("PAIRS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
 # one colour per variant in every MLflow chart (matplotlib's tab10; the UI otherwise colours runs by their id)
 VARIANT_COLORS = dict(zip(VARIANTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                                      "#17becf")))
@@ -186,28 +183,6 @@ class Tracker:
     def set_tags(self, run_id, tags):
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    @property
-    def ui(self):
-        """The MLflow UI: the tracking server, or where `make ui` serves a local store."""
-        return self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else UI
-
-    def ui_url(self, run_id=None):
-        """The run's page in the MLflow UI."""
-        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{run_id or self.run_id}"
-
-    def compare_url(self):
-        """The comparison view: MLflow's compare page of this pipeline's final configurations, best mean test error
-        first, every param and metric side by side as numbers (and a parallel-coordinates plot); before any row
-        has its numbers, the runs table filtered to its rows."""
-        done = sorted((m, r) for r, (_, m) in self.rows.items() if m is not None)
-        if done:
-            query = urllib.parse.urlencode({"runs": json.dumps([r for _, r in done]),
-                                            "experiments": json.dumps([self.experiment_id])},
-                                           quote_via=urllib.parse.quote)
-            return f"{self.ui}/#/compare-runs?{query}"
-        return compare_url(self.ui, self.experiment_id, f"tags.`pairs.pipeline_run` = '{self.run_id}' AND "
-                                                        "tags.`pairs.kind` = 'row'")
-
     def log_params(self, run_id, params):
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
@@ -285,30 +260,6 @@ class Tracker:
                                             pip_requirements=REQUIREMENTS, serialization_format="pickle")
         return info.model_uri
 
-    def register(self, run_id, name, tags, description, model_description, promote):
-        """Register the fit run's model as a new version of `name` (with the model's description, once); the
-        alias `champion` moves to it when `promote(holder)` says so (holder: the version holding it, or None).
-        Returns (version, why), or (None, None) when this run's model is registered already."""
-        import mlflow
-
-        uri = self.client.get_run(run_id).data.tags["pairs.model_uri"]
-        mlflow.set_tracking_uri(self.uri)
-        with self.lock():
-            if self.client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'"):
-                return None, None  # a rerun of a finished pipeline
-            version = mlflow.register_model(uri, name, tags={k: str(v) for k, v in tags.items()})
-            self.client.update_model_version(name, version.version, description=description)
-            if not self.client.get_registered_model(name).description:
-                self.client.update_registered_model(name, description=model_description)
-            try:
-                holder = self.client.get_model_version_by_alias(name, "champion")
-            except mlflow.exceptions.MlflowException:
-                holder = None
-            take, why = promote(holder)
-            if take:
-                self.client.set_registered_model_alias(name, "champion", version.version)
-        return version, why
-
     def _log_fit(self, r, parent_id, key, group, context, model=None, example=None, label="", begun=None):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count,
         training time. `begun`: the run an earlier attempt created, filled again and ended here. An attempt that
@@ -378,14 +329,6 @@ def selection_params(selection, final):
     """The selection (and the study's fixed final options) as the pipeline run's parameters."""
     return ({f"selected.{a}.{k}": v for a, c in selection.items() for k, v in c.as_dict().items()}
             | {f"final.{k}": v for k, v in final.items()})
-
-
-def compare_url(ui, experiment_id, search):
-    """The UI's runs table with a search filter, sorted by mean test error."""
-    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": search,
-                                    "orderByKey": "metrics.`test_error_mean`", "orderByAsc": "true"},
-                                   quote_via=urllib.parse.quote)
-    return f"{ui}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def config_params(config):
