@@ -103,7 +103,7 @@ def test_make_run_ends_saying_where_to_look_and_registers_a_smoke_version(made):
     repo, env, out = made
     done = [ln for ln in out.splitlines() if re.search(r"pipeline run \w+ done: ", ln)]
     assert len(done) == 1, done  # once (the flow's line; the command adds no second one)
-    assert "`make ui`, then http://127.0.0.1:5000/#/experiments/" in done[0] and "REPORT.md" in done[0], done
+    assert "`make ui`, then http://127.0.0.1:5000/#/compare-runs?runs=" in done[0] and "REPORT.md" in done[0], done
     assert ("[registry] pairs-best version 1: " in out and "not champion: a smoke run (the quick profile); "
             "models:/pairs-best/1 (models:/pairs-best/latest until a newer one)" in out), out[-3000:]
     assert "Saving pytorch model by Pickle" not in out  # MLflow's warning, once per model logged: dropped
