@@ -70,7 +70,7 @@ def _is_mlflow_run(pid):
     return "run" in argv and any(os.path.basename(a) == "mlflow" for a in argv)
 
 
-def _guard(die_with_parent):
+def _guard(die_with_parent, sig=signal.SIGTERM):
     global _prctl
     if not sys.platform.startswith("linux") or _prctl is not None:
         return
@@ -79,7 +79,7 @@ def _guard(die_with_parent):
     _prctl = prctl
     parent = os.getppid()
     if die_with_parent(parent):
-        _die_with_parent(parent)
+        _die_with_parent(parent, sig)
 
 
 # The server's process, before it execs `prefect server start`: it dies with the pipeline (argv[1], its pid).
@@ -139,10 +139,12 @@ def guard_process():
 
 
 def guard_child():
-    """In a child of a guarded `python -m flows` (a flow run of `serve`), the same guard, and the child dies with its
-    parent. Anywhere else (the command itself, pytest, a notebook) it does nothing."""
+    """In a child of a guarded `python -m flows` (a flow run of `serve`), the same guard: the child dies with its
+    parent, by SIGKILL: the server it reports to dies with that parent too, so a SIGTERM's orderly end would wait on
+    a dead API (its MLflow runs are then ended KILLED by the next pipeline on the host, as after any kill -9).
+    Anywhere else (the command itself, pytest, a notebook) it does nothing."""
     if os.environ.get(_GUARD) == str(os.getppid()):
-        _guard(lambda parent: True)
+        _guard(lambda parent: True, signal.SIGKILL)
 
 
 @contextlib.contextmanager
