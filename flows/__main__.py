@@ -10,7 +10,7 @@ import os
 import sys
 
 from . import ROOT
-from .lifetime import start
+from .lifetime import own_server, start
 from .settings import SETTINGS, flow_values, mlproject, preflight, validate
 
 
@@ -101,6 +101,7 @@ def main(argv=None):
             if argv[0] == "report":  # (`mlflow run . -e report`: the report goes to reports/, not to that run)
                 drop_mlflow_run("FINISHED" if code == 0 else "FAILED")
     values = run_values(argv[1:] if argv[:1] == ["run"] else argv)
+    own_server()  # (after the checks: a mistake is one line, before any server)
     from prefect.exceptions import TerminationSignal
 
     from .pipeline import pipeline

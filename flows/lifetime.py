@@ -1,45 +1,36 @@
 """How a pipeline process starts and ends: its environment, the processes it starts ending with it, the stop path.
 
-Nothing here runs at import: `start()` is called by `python -m flows` before Prefect is imported, `guard_child()`
-as flows/pipeline.py is imported (it acts only in a flow run that `serve` spawned), `ended(tracker, logging)`
-wraps the flow's body.
+Nothing here runs at import: `start()` is called by `python -m flows` before Prefect is imported, `own_server()`
+once a run's settings are checked (or by `serve`), `guard_child()` as flows/pipeline.py is imported (it acts only in
+a flow run that `serve` spawned), `ended(tracker, logging)` wraps the flow's body.
 
-Processes the pipeline starts end with it, however it ends (issue 12).
-
-Without PREFECT_API_URL, Prefect starts a temporary server (`python -m uvicorn ... create_app`) and stops it
-from an atexit hook. SIGTERM (Prefect re-raises it once the flow has ended its runs) and SIGKILL end the
-process without atexit, so the server, re-parented to PID 1, ran on for good, one more per stopped run.
-
-On Linux the kernel ends them now (prctl PR_SET_PDEATHSIG: a signal sent to a process when the thread that
-forked it ends):
-- The temporary server gets SIGTERM when the process that started it dies, and is gone 1-4 s later. It is
-  forked from a daemon thread of ours, which lives as long as the process, not from whichever Prefect
-  thread asked for it (that thread may end first).
-- Under `mlflow run` (MLFLOW_RUN_ID set and the parent is `mlflow run`: `bash -c` exec'd into the command)
-  the pipeline takes SIGTERM when `mlflow` dies, so a signal to `mlflow run` alone stops it as a SIGTERM
-  does (runs ended KILLED, its server with it). A flow run that `python -m flows serve` spawned likewise ends
-  with `serve`, and its own temporary server with it: flows/pipeline.py calls guard_child as it is imported
-  there (to unpickle the flow), before Prefect starts that server. mlflow 3.17 and Prefect 3.9 fork these
-  from their main thread, which lives as long as their process.
+Processes the pipeline starts end with it, however it ends (issue 12). Without PREFECT_API_URL, Prefect would start
+a temporary server of its own and stop it from an atexit hook: SIGTERM and SIGKILL skip atexit, and the server,
+re-parented to PID 1, ran on. So the pipeline owns its server instead: `prefect server start` (API only, on a free
+port) as its child, and points Prefect at it (PREFECT_API_URL) before Prefect is imported. On Linux the child asks
+the kernel, before it execs the server, for SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), so the server
+is gone 1-4 s after the pipeline however the pipeline ends; a normal end stops it too.
+- Under `mlflow run` (MLFLOW_RUN_ID set and the parent is `mlflow run`) the pipeline asks the same for itself, so a
+  signal to `mlflow run` alone stops it as a SIGTERM does (runs ended KILLED, its server with it). A flow run that
+  `python -m flows serve` spawned likewise ends with `serve` (flows/pipeline.py calls guard_child as it is imported
+  there), and uses serve's server (it inherits PREFECT_API_URL).
 Only our own children are signalled, by the kernel: nothing is looked up by name or killed by scanning, so a
-`prefect server` the user started, other pipelines and other processes are never touched. Elsewhere: no-op.
+`prefect server` the user started, other pipelines and other processes are never touched. Elsewhere than Linux,
+Prefect's own temporary server is used.
 """
+import atexit
 import contextlib
 import ctypes
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future
 
 from . import ROOT
 
 _PR_SET_PDEATHSIG = 1
-_SERVER_MODULE = "prefect.server.api.server"  # starts the temporary server with subprocess.Popen
 _GUARD = "PAIRS_GUARD_PID"  # set to the pid of a guarded `python -m flows`, inherited by its children
-_jobs = queue.SimpleQueue()
 _prctl = None
 
 
@@ -70,54 +61,6 @@ def _die_with_parent(parent, sig=signal.SIGTERM):
         os.kill(os.getpid(), sig)
 
 
-def _spawner():
-    while True:
-        job, done = _jobs.get()
-        try:
-            done.set_result(job())
-        except BaseException as e:  # noqa: BLE001  (handed to the caller)
-            done.set_exception(e)
-
-
-class _Popen(subprocess.Popen):
-    """Forked from our thread, with a parent-death signal."""
-
-    def __init__(self, *args, **kwargs):
-        parent, done, init = os.getpid(), Future(), super().__init__
-        _jobs.put((lambda: init(*args, preexec_fn=lambda: _die_with_parent(parent), **kwargs), done))
-        done.result()
-
-
-class _Subprocess:
-    """`subprocess` as the server module sees it."""
-    Popen = _Popen
-
-    def __getattr__(self, name):
-        return getattr(subprocess, name)
-
-
-class _PatchOnImport:
-    """Gives the server module our `subprocess` once it is imported (importing it here would add 2-3 s to
-    every command, a failing one too)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != _SERVER_MODULE:
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            if getattr(module, "subprocess", None) is not subprocess:  # a Prefect that starts it otherwise
-                print(f"warning: {name} no longer uses subprocess: the temporary Prefect server is not ended with "
-                      "this process (flows.lifetime)", file=sys.stderr)
-            module.subprocess = _Subprocess()
-        spec.loader.exec_module = exec_module
-        return spec
-
-
 def _is_mlflow_run(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -127,21 +70,66 @@ def _is_mlflow_run(pid):
     return "run" in argv and any(os.path.basename(a) == "mlflow" for a in argv)
 
 
-def _guard(die_with_parent):
+def _guard(die_with_parent, sig=signal.SIGTERM):
     global _prctl
     if not sys.platform.startswith("linux") or _prctl is not None:
         return
-    prctl = ctypes.CDLL(None).prctl  # looked up here: a forked child must not dlopen
+    prctl = ctypes.CDLL(None).prctl
     prctl.argtypes, prctl.restype = [ctypes.c_int] + [ctypes.c_ulong] * 4, ctypes.c_int
     _prctl = prctl
     parent = os.getppid()
     if die_with_parent(parent):
-        _die_with_parent(parent)
-    threading.Thread(target=_spawner, name="pairs-spawner", daemon=True).start()
-    if _SERVER_MODULE in sys.modules:
-        sys.modules[_SERVER_MODULE].subprocess = _Subprocess()
+        _die_with_parent(parent, sig)
+
+
+# The server's process, before it execs `prefect server start`: it dies with the pipeline (argv[1], its pid).
+_CHILD = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0); "
+          "os.getppid() == int(sys.argv[1]) or os.kill(os.getpid(), signal.SIGTERM); os.execv(sys.argv[2], sys.argv[2:])")
+_server = None
+
+
+def own_server():
+    """Without PREFECT_API_URL, start this command's Prefect server (see the module's docstring) and point Prefect at
+    it; with one set, or off Linux, nothing. Before Prefect is imported: it reads PREFECT_API_URL once."""
+    global _server
+    if os.environ.get("PREFECT_API_URL") or not sys.platform.startswith("linux"):
+        return
+    import socket
+    import tempfile
+    import time
+    import urllib.request
+    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
+    deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    log = tempfile.TemporaryFile()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _server = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), prefect, "server", "start", "--host",
+                                "127.0.0.1", "--port", str(port), "--analytics-off", "--log-level",
+                                "WARNING"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    atexit.register(_stop_server)
+    api = f"http://127.0.0.1:{port}/api"
+    while time.time() < deadline and _server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.3)
     else:
-        sys.meta_path.insert(0, _PatchOnImport())
+        log.seek(0)
+        raise RuntimeError(f"the Prefect server this run starts did not answer on {api}: "
+                           + " ".join(log.read().decode(errors="replace").split()[-40:]))
+    os.environ["PREFECT_API_URL"] = api
+    print(f"Prefect server of this run: {api} (it ends with the run)", file=sys.stderr, flush=True)
+
+
+def _stop_server():
+    if _server and _server.poll() is None:
+        _server.terminate()
+        try:
+            _server.wait(10)
+        except subprocess.TimeoutExpired:
+            _server.kill()
 
 
 def guard_process():
@@ -151,10 +139,12 @@ def guard_process():
 
 
 def guard_child():
-    """In a child of a guarded `python -m flows` (a flow run of `serve`), the same guard, and the child dies with its
-    parent. Anywhere else (the command itself, pytest, a notebook) it does nothing."""
+    """In a child of a guarded `python -m flows` (a flow run of `serve`), the same guard: the child dies with its
+    parent, by SIGKILL: the server it reports to dies with that parent too, so a SIGTERM's orderly end would wait on
+    a dead API (its MLflow runs are then ended KILLED by the next pipeline on the host, as after any kill -9).
+    Anywhere else (the command itself, pytest, a notebook) it does nothing."""
     if os.environ.get(_GUARD) == str(os.getppid()):
-        _guard(lambda parent: True)
+        _guard(lambda parent: True, signal.SIGKILL)
 
 
 @contextlib.contextmanager

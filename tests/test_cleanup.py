@@ -30,7 +30,7 @@ SMALL = {"profile": "quick", "pairs": 1000, "search_rounds": 1, "folds": 2, "fin
 FLAGS = [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 # the pipeline beside them: long enough to be still training when the others have been stopped and checked
 LONG = ["--profile", "quick", "--pairs", "1000", "--epoch-grid", "6,12"]
-SERVER = "prefect.server.api.server:create_app"
+SERVER = "prefect server start"  # the server a pipeline owns (flows.lifetime.own_server)
 # Seconds from the signal until no process of the family is left, on 2 cores shared by six pipelines and their
 # servers: the stop path waits up to 30 s for the logging of trained fits, then ends the runs; a process left
 # behind would live on, so a limit well above the measured times (up to about 20 s) still catches it.

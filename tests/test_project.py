@@ -128,18 +128,6 @@ def test_mlflow_run_leaves_no_run_behind_for_a_refused_command_or_a_report(tmp_p
     assert len(deleted) == 3 and {r.info.status for r in deleted} == {"FAILED"}
 
 
-def test_the_prefect_module_the_lifetime_guard_patches_still_starts_the_server_with_popen():
-    """flows.lifetime gives Prefect's temporary-server module its own `subprocess`: a Prefect upgrade that moves
-    or rewrites that start would turn the guard off silently; this fails first."""
-    import importlib
-    import inspect
-
-    from flows.lifetime import _SERVER_MODULE, _Subprocess
-    module = importlib.import_module(_SERVER_MODULE)
-    assert module.subprocess is subprocess or isinstance(module.subprocess, _Subprocess)
-    assert "subprocess.Popen(" in inspect.getsource(module), f"{_SERVER_MODULE} no longer starts the server with Popen"
-
-
 def test_importing_any_module_changes_nothing_in_the_process():
     """Nothing happens at import: every module of flows/ and pairs/ imported in a fresh interpreter (after the
     libraries they use) leaves the environment, the import hooks (none of ours), the signal handlers and
