@@ -174,3 +174,15 @@ def test_with_a_schedule_each_epoch_count_is_a_fit_of_its_own():
     assert all(f.config.epochs == f.score_at[0] for g in groups for f in g.fits)
     assert sum(len(g.fits) for g in groups) == q.fits()[0]
     assert groups[0].label == "search ConvNet batch 25 epochs 2 schedule=onecycle"
+
+
+def test_final_seed_draws_other_final_rounds_and_unset_keeps_the_old_ones():
+    """final_seed is the final rounds' own base: unset, the rounds (pairs and seeds) are the base seed's, as before it
+    existed; set, every round draws other pairs and seeds, and the search is untouched."""
+    q = P.PROFILES["quick"]
+    choice = P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}})
+    ids = lambda p: [(f.seed, f.data_seed) for g in P.final_groups(p, choice) for f in g.fits]  # noqa: E731
+    assert ids(q) == ids(q.with_(final_seed=q.seed))
+    assert not set(ids(q)) & set(ids(q.with_(final_seed=1)))
+    assert [f.key() for g in P.search_groups(q.with_(final_seed=1)) for f in g.fits] == [
+        f.key() for g in P.search_groups(q) for f in g.fits]
