@@ -29,11 +29,11 @@ from .tracking import RunsEnded
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
               persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=5,
               retry_condition_fn=retry_unless_stopping)
-TRAINING_CODE = ("data.py", "models.py", "protocol.py", "stacked.py", "train.py")
+TRAINING_CODE = ("config.py", "data.py", "models.py", "protocol.py", "stacked.py", "train.py")
 
 
 def code_version(package=Path(P.__file__).parent):
-    """SHA-256 over the library's modules that train (data, models, protocol, stacked, train): an edit in one
+    """SHA-256 over the library's modules that train (config, data, models, protocol, stacked, train): an edit in one
     changes every fit's key; the report, statistics and study-file modules do not."""
     h = hashlib.sha256()
     for name in TRAINING_CODE:

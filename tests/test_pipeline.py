@@ -166,6 +166,17 @@ def test_code_version_sees_any_edit_of_the_training_code_and_only_that(tmp_path)
         (pkg / name).write_text((pkg / name).read_text() + "\n# edit\n")
         assert tasks.code_version(pkg) != v0
         v0 = tasks.code_version(pkg)
+    # every module that training reaches (pairs.protocol.train_group and what it imports, within pairs) is in the
+    # version, but the machine probe (which device, not what a fit computes): a module split off must not fall out
+    import ast
+    reached, todo = set(), ["protocol.py"]
+    while todo:
+        name = todo.pop()
+        reached.add(name)
+        tree = ast.parse((Path(pairs.__file__).parent / name).read_text())
+        todo += [f"{n.module}.py" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                 and n.module and f"{n.module}.py" not in reached]
+    assert reached - {"machine.py"} <= set(tasks.TRAINING_CODE), reached - set(tasks.TRAINING_CODE)
 
 
 def test_a_new_store_gets_every_cached_fit(quick_run, prefect_env, data_dir, store):
