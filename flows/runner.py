@@ -24,8 +24,42 @@ def check_stopping():
 
 
 def retry_unless_stopping(task, task_run, state):
-    """A failed group is retried (Prefect's retries), unless its pipeline is stopping."""
-    return not STOPPING.is_set()
+    """A failed group is retried (Prefect's retries), unless its pipeline is stopping (on a Dask worker: unless the
+    pipeline has set its stop Event)."""
+    return not STOPPING.is_set() and not _stop_set(stop_event())
+
+
+PROGRESS = "pairs-progress"  # the Dask event topic of the epochs trained on workers
+
+
+def stop_event():
+    """The name of the Dask Event a pipeline sets as it leaves its runner: its flow run's, so its workers find it."""
+    from prefect.runtime import flow_run
+    return f"pairs-stop-{flow_run.id}"
+
+
+def _stop_set(name):
+    """Whether, on a Dask worker, the Event `name` is set (elsewhere: no)."""
+    try:
+        from distributed import Event, get_worker
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return Event(name).is_set()
+
+
+class WorkerEpochs:
+    """A group's per-epoch hook on a Dask worker: each epoch goes to the flow as a Dask event (its progress lines),
+    and a pipeline that has stopped (its Event set) stops the group at its next epoch, as in this process."""
+
+    def __init__(self, label, stop):
+        self.label, self.stop = label, stop
+
+    def __call__(self, epoch, epochs, n):
+        from distributed import get_worker
+        if _stop_set(self.stop):
+            raise Stopped("the pipeline is stopping")
+        get_worker().log_event(PROGRESS, {"label": self.label, "epoch": epoch, "epochs": epochs, "n": n})
 
 
 def task_runner(run):
@@ -68,6 +102,9 @@ def started(run, submitted):
             if run.workers:
                 stack.enter_context(_api_for_workers())
             stack.enter_context(runner)
+            if remote(runner):  # the units still training on workers stop at their next epoch
+                from distributed import Event
+                stack.callback(Event(stop_event(), client=runner.client).set)
             stack.callback(STOPPING.set)  # (left first)
             yield runner
     except BaseException as e:

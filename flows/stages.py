@@ -10,7 +10,7 @@ from pairs.train import unpack_model
 
 from . import tasks
 from .lifetime import signals_held
-from .runner import check_stopping, outcome, remote
+from .runner import PROGRESS, WorkerEpochs, check_stopping, outcome, remote, stop_event
 from .tracking import Tracker
 
 
@@ -28,6 +28,7 @@ class Work:
     fail_first: str | None = None  # groups whose first attempt fails (to watch a retry)
     submitted: list = field(default_factory=list)  # the task run ids of the groups submitted
     logging: list = field(default_factory=list)  # the futures of the log_fits tasks
+    labels: dict = field(default_factory=dict)  # group label -> group, for the epochs workers report
 
     def train_task(self, group):
         """The training task of a group: its results in `results` when set; a group that `fail_first` names is
@@ -52,9 +53,15 @@ def submit(groups, parents, w, progress):
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
     parts = [(part, parent) for g, parent in zip(groups, parents) for part in P.split([g], w.chunk)]
     far = remote(w.runner)
+    if far:  # epochs trained on workers come back as Dask events: progress lines here
+        w.labels.update((g.label, g) for g, _ in parts)
+        w.runner.client.subscribe_topic(PROGRESS, lambda event: progress.epoch(
+            w.labels[event[1]["label"]], event[1]["epoch"], event[1]["epochs"], event[1]["n"]))
 
-    def hook(group):  # epochs trained in this process: progress lines, and where a stop takes effect
-        return None if far else lambda epoch, epochs, n: (check_stopping(), progress.epoch(group, epoch, epochs, n))
+    def hook(group):  # each epoch: progress lines, and where a stop takes effect
+        if far:
+            return WorkerEpochs(group.label, stop_event())
+        return lambda epoch, epochs, n: (check_stopping(), progress.epoch(group, epoch, epochs, n))
     with signals_held():  # what is submitted is recorded (a stop marks these task runs crashed)
         futures = [w.runner.submit(w.train_task(g), {"group": g, "context": w.context, "root": w.root, "device": w.device,
                                              "on_epoch": hook(g), "threads": 1 if far else None,

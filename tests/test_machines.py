@@ -212,6 +212,38 @@ def test_a_task_dask_gives_up_on_is_one_line_and_leaves_no_run_open(cluster, dat
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_stop_ends_the_units_training_on_the_workers(cluster, data_dir):
+    """Units on the workers report their epochs (a progress line reaches the pipeline's console); SIGTERM to the
+    pipeline then stops them at their next epoch (its Dask Event), not minutes later when their training ends."""
+    from distributed import Client
+    seen = threading.Event()
+
+    def stop_on_progress(line):
+        if re.search(r"\[search\] search ConvNet batch \d+ fits \d+-\d+ of \d+: epoch \d+/3000;", line) and not seen.is_set():
+            seen.set()
+            cluster.running.send_signal(signal.SIGTERM)
+    # units of 3 ConvNet fits x 3000 epochs: minutes each; the first progress line comes after 20 s of training
+    long = ("--until", "search", "--architectures", "ConvNet", "--variants", "ConvNet", "--epoch-grid", "3000",
+            "--batch-sizes", "100")
+    timer = threading.Timer(240, lambda: seen.is_set() or cluster.running.send_signal(signal.SIGTERM))
+    timer.start()
+    try:
+        rc, out = cluster.pipeline(data_dir, "results-stop", "dask-stop", *long, on_line=stop_on_progress)
+    finally:
+        timer.cancel()
+    assert seen.is_set(), "no progress line from the workers in 240 s: " + out[-3000:]
+    ended, deadline = time.time(), time.time() + 30
+    with Client(cluster.scheduler, timeout=10) as client:  # the workers' own count: a released task still runs
+        def training():
+            return {w: n for w, n in client.run(lambda dask_worker: len(dask_worker.active_threads)).items() if n}
+        while training() and time.time() < deadline:
+            time.sleep(0.5)
+        left = training()
+    assert not left, f"still training {time.time() - ended:.0f} s after the pipeline ended: {left}\n{out[-2000:]}"
+    assert "stopped by SIGTERM" in out, out[-3000:]
+
+
 def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, data_dir, tmp_path):
     gone = threading.Event()
 
