@@ -103,14 +103,24 @@ def started(run, submitted):
                 stack.enter_context(_api_for_workers())
             stack.enter_context(runner)
             if remote(runner):  # the units still training on workers stop at their next epoch
-                from distributed import Event
-                stack.callback(Event(stop_event(), client=runner.client).set)
+                stack.callback(_stop_workers, runner, stop_event())
             stack.callback(STOPPING.set)  # (left first)
             yield runner
     except BaseException as e:
         if remote(runner):
             _crash_open_task_runs(list(submitted), e)
         raise
+
+
+def _stop_workers(runner, name):
+    """Set the pipeline's stop Event on the cluster. Best effort: with the scheduler gone, no worker can read it
+    either, and the error that ended the call (the cluster failed) is the one to report."""
+    from distributed import Event
+    try:
+        Event(name, client=runner.client).set()
+    except Exception as e:  # noqa: BLE001  (OSError, TimeoutError, CommClosedError: the scheduler is gone)
+        print(f"could not tell the Dask workers to stop ({type(e).__name__}); their units end with their "
+              "training", file=sys.stderr, flush=True)
 
 
 def fast_malloc():
