@@ -55,22 +55,20 @@ def confirmations(selection, protocol):
         arms_ = run.get("study", {}).get("arms") or []
         if not arms_ or final_rounds(run["protocol"])[:2] == final_rounds(protocol)[:2]:
             continue
-        other = _protocol(run["protocol"])
-        table = None
+        other, table = _protocol(run["protocol"]), None
+        seen, folder = seen_by(other, path.parent), path.parent.relative_to(ROOT).as_posix()
         for name, per in arms_:
             for arch, chosen in selection.items():
                 mine = per.get(arch, {}) | {"normalize": run["protocol"].get("normalize", False)}
                 if not all(mine[k] == v for k, v in chosen.items() if k in mine and k != "ensemble"):
                     continue
                 if table is None:
-                    table = tables.arms_table(R.load_records(records_in(path.parent, "final_fits.json")), other,
-                                              [(n, p) for n, p in arms_])
+                    table = tables.arms_table(R.load_records(records_in(path.parent, "final_fits.json")), other, arms_)
                 for row in table[(table.arm == name) & (table.variant == chosen.get("variant", arch))].itertuples():
-                    found.append({"folder": path.parent.relative_to(ROOT).as_posix(), "arm": name,
+                    found.append({"folder": folder, "arm": name,
                                   "ensemble": mine.get("ensemble", 1), "variant": row.variant,
                                   "mean": row.test_error_mean, "low": row.mean_ci_low, "high": row.mean_ci_high,
-                                  "rounds": row.rounds, "base": final_rounds(other)[0],
-                                  "seen": seen_by(other, path.parent)})
+                                  "rounds": row.rounds, "base": final_rounds(other)[0], "seen": seen})
     return found
 
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 
 STOPPING = threading.Event()  # set as a call's runner is left: a group training in this process stops
 
@@ -49,17 +50,24 @@ def _stop_set(name):
 
 
 class WorkerEpochs:
-    """A group's per-epoch hook on a Dask worker: each epoch goes to the flow as a Dask event (its progress lines),
-    and a pipeline that has stopped (its Event set) stops the group at its next epoch, as in this process."""
+    """A group's per-epoch hook on a Dask worker: its epochs go to the flow as Dask events (its progress lines), and
+    a pipeline that has stopped (its Event set) stops the group at an epoch's end, as in this process. Both cost a
+    message to the scheduler, so they happen at most every EVERY seconds (an epoch of a small unit is milliseconds);
+    the epochs between are counted into the next event."""
+    EVERY = 1.0
 
     def __init__(self, label, stop):
-        self.label, self.stop = label, stop
+        self.label, self.stop, self.last, self.pending = label, stop, 0.0, 0
 
     def __call__(self, epoch, epochs, n):
         from distributed import get_worker
+        self.pending += n
+        if time.monotonic() - self.last < self.EVERY:
+            return
         if _stop_set(self.stop):
             raise Stopped("the pipeline is stopping")
-        get_worker().log_event(PROGRESS, {"label": self.label, "epoch": epoch, "epochs": epochs, "n": n})
+        get_worker().log_event(PROGRESS, {"label": self.label, "epoch": epoch, "epochs": epochs, "n": self.pending})
+        self.last, self.pending = time.monotonic(), 0
 
 
 def task_runner(run):

@@ -14,7 +14,7 @@
 import math
 from dataclasses import dataclass
 
-from .stats import MIN_PAIRED_ROUNDS, paired
+from .stats import MIN_PAIRED_ROUNDS, mean_std, paired
 
 ALPHA = 0.05
 INCONCLUSIVE = "inconclusive"
@@ -116,11 +116,9 @@ def said(row):
 def mean_interval(values):
     """The mean of values with its 95% t interval (NaN bounds below two values)."""
     from scipy import stats as st
-    n = len(values)
-    m = sum(values) / n
+    n, (m, sd) = len(values), mean_std(values)
     if n < 2:
         return m, math.nan, math.nan
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     half = st.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     return m, m - half, m + half
 

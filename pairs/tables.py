@@ -36,7 +36,7 @@ def table1(records):
 
 def _diverged(records, variant, epochs):
     """How many of a variant's fits diverged (NaN where too few epochs to say)."""
-    return (sum(diverged(r.final_errors[0]) for r in records if r.variant == variant)
+    return (len(_broke({r.round: r for r in records if r.variant == variant}))
             if epochs >= DIVERGED_MIN_EPOCHS else float("nan"))
 
 
