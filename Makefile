@@ -31,7 +31,7 @@ ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-$(STORE)} --host 127.0.0.1 --port $(UI_PORT)
 
 prefect: venv
-	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
 	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 bench: venv

@@ -2,7 +2,7 @@
 
 Nothing here runs at import: `start()` is called by `python -m flows` before Prefect is imported, `own_server()`
 once a run's settings are checked (or by `serve`), `guard_child()` as flows/pipeline.py is imported (it acts only in
-a flow run that `serve` spawned), `ended(tracker, logging)` wraps the flow's body.
+a flow run that `serve` spawned), `runs_ended(tracker, logging)` wraps the flow's body.
 
 Processes the pipeline starts end with it, however it ends (issue 12). Without PREFECT_API_URL, Prefect would start
 a temporary server of its own and stop it from an atexit hook: SIGTERM and SIGKILL skip atexit, and the server,
@@ -27,23 +27,21 @@ import subprocess
 import sys
 import threading
 
-from . import ROOT
 
 _PR_SET_PDEATHSIG = 1
 _GUARD = "PAIRS_GUARD_PID"  # set to the pid of a guarded `python -m flows`, inherited by its children
 _prctl = None
 
 
-# Read by Prefect and MLflow once, at import: cached results stay in the project, not in ~/.prefect; nothing phones home
-# (offline machines); the temporary server gets two minutes to start on a loaded 2-core machine.
-ENVIRONMENT = {"PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(ROOT / ".cache" / "prefect"),
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+# Prefect's settings are in prefect.toml (the results folder, analytics off, its temporary server's start-up time).
+# MLflow reads its settings from the environment alone: defaults here, once, at import; a value already set wins.
+ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",  # offline machines: nothing phones home
                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # not two "View run" lines per fit on a server
+SERVER_START_SECONDS = 120  # the server a pipeline owns may take over a minute to start on a loaded 2-core machine
 
 
 def environment():
-    """The environment's defaults for Prefect and MLflow (a value already set wins); before Prefect is imported."""
+    """The environment's defaults for MLflow (a value already set wins); before MLflow is imported."""
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
 
@@ -99,7 +97,7 @@ def own_server():
     import time
     import urllib.request
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    deadline = time.time() + SERVER_START_SECONDS
     log = tempfile.TemporaryFile()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,7 +173,7 @@ def signal_behind(e):
 
 
 @contextlib.contextmanager
-def ended(tracker, logging):
+def runs_ended(tracker, logging):
     """The pipeline's MLflow runs ended however the body ends: FINISHED; FAILED on an error; KILLED on Ctrl-C or
     SIGTERM (Prefect's TerminationSignal), after the fits trained so far are logged (`logging`: their futures)."""
     from prefect.futures import wait
@@ -191,11 +189,11 @@ def ended(tracker, logging):
                       "groups are cached and logged; run the same command again to resume", file=sys.stderr,
                       flush=True)
             try:
-                tracker.finish("KILLED" if stopped else "FAILED")
+                tracker.end_all("KILLED" if stopped else "FAILED")
             except Exception as err:  # e.g. a store still locked by the write the signal interrupted
                 print(f"could not end this pipeline's MLflow runs ({err}); the next pipeline on this host ends them "
                       "KILLED", file=sys.stderr, flush=True)
         if stopped and stopped is not e:
             raise stopped from None
         raise
-    tracker.finish()
+    tracker.end_all()

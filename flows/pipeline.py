@@ -2,7 +2,7 @@
 
 prepare the data -> search (Table 1: a grid of cross-validated cells, or an Optuna search) -> select per
 architecture -> final rounds (Table 2) -> register the best model -> report. A study of fixed arms has no search:
-every arm's final rounds on the same rounds, then its report. `until` stops after a stage. Each step is a task
+every arm's final rounds on the same rounds, then its report. `until` stops after a step. Each step is a task
 (flows.tasks) or a call into the module named for its job: flows.stages (train groups, log fits), flows.search
 (Optuna), flows.runner (threads or Dask), flows.progress, flows.registry, flows.report, flows.lifetime (how the
 call ends: its MLflow runs ended FINISHED, FAILED or KILLED).
@@ -13,20 +13,20 @@ from pathlib import Path
 from prefect import flow
 
 from pairs import arms
-from pairs import protocol as P
-from pairs import report as R
+from pairs import protocol as protocols
+from pairs import report as reports
 from pairs.data import data_root
 from pairs.machine import resolve_device
 
 from . import links, registry
-from .lifetime import ended, guard_child
+from .lifetime import guard_child, runs_ended
 from .prefect_artifacts import link_prefect, publish_table2
 from .progress import Progress, planned
 from .report import writer
-from .runner import started, workers
-from .search import optuna_search
+from .runner import running
+from .search import OptunaSearch
 from .settings import make_protocol, preflight, settings_as_parameters, validate
-from .stages import Work, stage
+from .stages import Call, Final, Groups, stage
 from .tasks import code_version, prepare_data, select, write_artifacts
 from .tracking import Tracker, pipeline_params, selection_params
 
@@ -43,68 +43,60 @@ def pipeline(**settings):
     """The study: Table 1 by cross-validated search, the selection, Table 2 by the final rounds, the report."""
     run, protocol, study = validate(**settings)
     preflight(run)
-    begun = time.time()
-    name = run_name(Path(study.path).stem, run.profile, protocol.seed, begun)
+    began = time.time()
+    name = run_name(Path(study.path).stem, run.profile, protocol.seed, began)
     tracker = Tracker(run.experiment, run_name=name, tags={
         "pairs.study": Path(study.path).stem or "profile grid", "pairs.profile": run.profile})
     if not tracker.owned:  # the run `mlflow run` opened (named at random): ours says what it is
         tracker.set_tags(tracker.run_id, {"mlflow.runName": name})
-    w = Work(tracker, str(data_root(run.data_dir)), str(resolve_device(run.device)), chunk=run.chunk,
-             results=run.results, fail_first=run.fail_first)
+    call = Call(run, protocol, study, tracker, str(data_root(run.data_dir)), str(resolve_device(run.device)), began,
+                registry.smoke_reason(protocol, make_protocol("full", **study.protocol), run.profile))
     if run.device == "auto":
-        print(f"[device] auto: {w.device}", flush=True)
-    smoke = registry.smoke(protocol, make_protocol("full", **study.protocol), run.profile)
-    with ended(tracker, w.logging), started(run, w.submitted) as w.runner:
+        print(f"[device] auto: {call.device}", flush=True)
+    with runs_ended(tracker, call.logging), running(run, call.submitted) as call.runner:
         link_prefect(tracker)
-        w.context = (prepare_data(w.root), code_version(), w.device)
-        tracker.log_params(tracker.run_id, pipeline_params(protocol, run.profile, study, w.context))
+        call.context = protocols.Context(prepare_data(call.root), code_version(), call.device)
+        tracker.log_params(tracker.run_id, pipeline_params(protocol, run.profile, study, call.context))
         if run.until == "prepare":
-            return finish(tracker, run)
+            return result(tracker, run)
 
         if study.arms:  # no search: the arms' final rounds, on the same rounds
-            groups = P.arm_groups(protocol, study.arms)
-            final = stage("final", groups, w, Progress(groups),
-                          lambda records, out: [R.save_records(records, out / "final_fits.json")])
+            final = Final(protocols.arm_groups(protocol, study.arms), arms=True)
+            records = stage(final, call, Progress(final.groups))
             if run.until != "final":
                 write_artifacts(tracker, tracker.run_id, "the report", writer(
-                    tracker, w.device, begun, smoke, protocol, study, None,
-                    lambda out, meta: arms.report(final, study, protocol, out, meta)))
-            return finish(tracker, run)
+                    call, None, lambda out, meta: arms.report(records, study, protocol, out, meta)))
+            return result(tracker, run)
 
         search_groups, guessed = planned(protocol, study, run)
         progress = Progress(search_groups + guessed)
-        if study.method == "optuna":
-            search = optuna_search(study, protocol, w, progress, workers(w.runner))
-        else:
-            search = stage("search", search_groups, w, progress, R.search_artifacts)
+        search = stage(OptunaSearch(call) if study.method == "optuna" else Groups(search_groups), call, progress)
         selection = select(search)
         tracker.log_params(tracker.run_id, selection_params(selection, study.final))
         print(f"[select] { {a: c.as_dict() for a, c in selection.items()} }", flush=True)
         if run.until == "search":
-            return finish(tracker, run, selection)
+            return result(tracker, run, selection)
 
-        final_groups = P.final_groups(protocol, {a: c.with_options(study.final) for a, c in selection.items()})
-        progress.plan(final_groups, guessed)
-        final = stage("final", final_groups, w, progress, R.final_artifacts)
-        publish_table2(final, tracker)
-        registry.register(run.register_model, smoke, tracker, search, final_groups, selection, study, protocol,
-                          run.profile, w.context)
+        final = Final(protocols.final_groups(protocol, {a: c.with_options(study.final) for a, c in selection.items()}))
+        progress.plan(final.groups, guessed)
+        stage(final, call, progress)
+        publish_table2(final.table, tracker)
+        registry.register(call, search, final, selection)
         if run.until == "final":
-            return finish(tracker, run, selection)
+            return result(tracker, run, selection)
 
-        write_artifacts(tracker, tracker.run_id, "the report", writer(
-            tracker, w.device, begun, smoke, protocol, study, selection,
-            lambda out, meta: R.full_report(search, final, selection, protocol, out, meta, study)))
-        return finish(tracker, run, selection)
+        write_artifacts(tracker, tracker.run_id, "the report", writer(call, selection, lambda out, meta: (
+            reports.full_report(search, final.records, selection, protocol, out, meta, study, final.table))))
+        return result(tracker, run, selection)
 
 
-def run_name(study, profile, seed, started):
+def run_name(study, profile, seed, began):
     """A pipeline run's name, telling runs apart in the runs list: `pipeline extended quick seed 0 12-04 15:02:07`."""
-    when = time.strftime("%m-%d %H:%M:%S", time.localtime(started))
+    when = time.strftime("%m-%d %H:%M:%S", time.localtime(began))
     return " ".join(filter(None, ["pipeline", study, profile, f"seed {seed}", when]))
 
 
-def finish(tracker, run, selection=None):
+def result(tracker, run, selection=None):
     """The call's result; its last line (on the console and in the flow run's logs) says where to look."""
     where = where_to_look(tracker, run.until)
     print(f"pipeline run {tracker.run_id} done: {where}", flush=True)

@@ -2,7 +2,7 @@
 tagged with the flow run, the flow run links to the MLflow run), and Table 2 in the flow run's Artifacts tab."""
 import os
 
-from pairs import tables as T
+from pairs import tables
 
 from . import links
 
@@ -21,11 +21,10 @@ def link_prefect(tracker):
                          description="The pipeline's run in MLflow: its stages, the comparison rows and every fit.")
 
 
-def publish_table2(final, tracker):
-    """Table 2 as a markdown artifact of the flow run, with the MLflow link."""
+def publish_table2(t2, tracker):
+    """Table 2 (pairs.tables.table2) as a markdown artifact of the flow run, with the MLflow link."""
     from prefect.artifacts import create_markdown_artifact
 
-    t2 = T.table2(final)
-    create_markdown_artifact(f"# Table 2 (final rounds)\n\n{T.markdown(T.display(t2, 'table2'))}\nMLflow: "
+    create_markdown_artifact(f"# Table 2 (final rounds)\n\n{tables.markdown(tables.display(t2, 'table2'))}\nMLflow: "
                              f"[the pipeline run]({links.run_page(tracker)}), its `final` stage holds one row run per "
                              "configuration.\n", key="table-2", description="Table 2 of this pipeline call")

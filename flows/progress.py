@@ -2,7 +2,7 @@
 group and, while one trains, every PROGRESS_EVERY seconds. They go to the console and the flow run's logs."""
 import time
 
-from pairs import protocol as P
+from pairs.protocol import final_groups, search_groups, selection_of
 
 PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
 
@@ -16,8 +16,8 @@ def planned(protocol, study, run):
     """What a call plans to train, for the totals: the search's groups (an Optuna search: each trial those of a
     typical candidate) and the final stage's under a stand-in selection (the real ones replace both later)."""
     candidates = study.candidates() if study.method == "grid" else [study.typical()] * study.trials
-    search = P.search_groups(protocol, candidates)
-    guessed = [] if run.until == "search" else P.final_groups(protocol, P.selection_of({a: {
+    search = search_groups(protocol, candidates)
+    guessed = [] if run.until == "search" else final_groups(protocol, selection_of({a: {
         "batch_size": min(protocol.batch_sizes), "epochs": max(protocol.epoch_grid)} | (
         {"variant": a} if "variant" in dict(study.space) else {}) | study.final for a in protocol.architectures}))
     return search, guessed
@@ -42,7 +42,7 @@ class Progress:
         if time.time() - self.last >= PROGRESS_EVERY:
             self._say(group, f"epoch {epoch}/{epochs}")
 
-    def end(self, group, cached):
+    def part_done(self, group, cached):
         trained = self.trained.pop(group.label, 0)
         if cached:  # a cached group trains nothing: its work leaves the estimate
             self.work -= work([group]) - trained

@@ -14,7 +14,8 @@
 import json
 from pathlib import Path
 
-from pairs import protocol as P
+from pairs.models import architecture
+from pairs.protocol import options_text
 from pairs.selection import search_table
 
 REGISTERED = "pairs-best"
@@ -24,7 +25,7 @@ DESCRIPTION = ("The best selected configuration of a pairs pipeline: two 14x14 M
                "selected under the same cross-validation (see flows/registry.py).")
 
 
-def smoke(protocol, reference, profile):
+def smoke_reason(protocol, reference, profile):
     """Why a run is a smoke run (the quick profile, or counts below its study's), or '' for a full run."""
     if profile == "quick":
         return "the quick profile"
@@ -34,11 +35,10 @@ def smoke(protocol, reference, profile):
     return "counts below the study's: " + ", ".join(low) if low else ""
 
 
-def register(choice, why_smoke, tracker, search, final_groups, selection, study, protocol, profile, context):
+def register(call, search, final, selection):
     """The call's registry step: register (and maybe promote) its best model, or say why not."""
-    if choice == "yes":
-        return register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke,
-                                 context)
+    if call.run.register_model == "yes":
+        return register_champion(call, search, final, selection)
     print("[registry] not registered (--register-model no)", flush=True)
 
 
@@ -47,40 +47,43 @@ def cv_protocol(protocol):
     return f"pairs={protocol.pairs} search_rounds={protocol.search_rounds} folds={protocol.folds} seed={protocol.seed}"
 
 
-def register_champion(tracker, search, final_groups, selection, study, protocol, profile, why_smoke, context):
-    """Register round 0's model of the selected configuration with the lowest CV error; move `champion` by the
-    rule above. Prints one line saying what happened and why."""
+def register_champion(call, search, final, selection):
+    """Register round 0's model of the selected configuration with the lowest CV error (`final`: the final stage's
+    plan, its groups and their records); move `champion` by the rule above. Prints one line saying what happened
+    and why."""
+    tracker, protocol, smoke, profile = call.tracker, call.protocol, call.smoke, call.run.profile
     rows = search_table(search)
     cv = {a: min(r["val_error_mean"] for r in rows if r["architecture"] == a and all(
         r.get(k) == v for k, v in c.as_dict().items() if k in r)) for a, c in selection.items()}
-    kept = {P.parse(g.fits[0].variant)[0]: g for g in final_groups if g.keep}  # selections the final rounds ran
+    kept = {architecture(g.fits[0].variant): g for g in final.groups if g.keep}  # selections the final rounds ran
     if not kept:
         return
     arch = min(kept, key=cv.get)
     group = kept[arch]
     fit = group.fits[0]
-    run_id = tracker.fit_runs.get(fit.key(context))
+    run_id = tracker.fit_runs.get(fit.key(call.context))
     if run_id is None:
         return
-    test = [tracker.client.get_run(tracker.fit_runs[f.key(context)]).data.metrics["test_error"] for f in group.fits]
-    study_name = Path(study.path).stem or "profile grid"
+    errors = {r.key(): r.final_errors[1] for r in final.records}
+    test = [errors[f.key()] for f in group.fits]
+    study_name = Path(call.study.path).stem or "profile grid"
     tags = {"cv_error": cv[arch], "test_error": test[0], "test_error_mean": sum(test) / len(test),
             "rounds": len(test), "variant": fit.variant, "study": study_name, "profile": profile,
             "pairs": protocol.pairs, "search_rounds": protocol.search_rounds, "folds": protocol.folds,
             "final_rounds": protocol.final_rounds, "cv_protocol": cv_protocol(protocol),
-            "selection": json.dumps(selection[arch].as_dict(), sort_keys=True), "smoke": why_smoke or "no",
+            "selection": json.dumps(selection[arch].as_dict(), sort_keys=True), "smoke": smoke or "no",
             "pipeline_run": tracker.run_id}
-    options = P.options_text(fit.config)
+    options = options_text(fit.config)
     description = (f"{fit.variant}{' ' + options if options else ''}, batch {fit.config.batch_size}, "
                    f"{fit.config.epochs} epochs; study {study_name}, profile {profile}: CV error {100 * cv[arch]:.2f}% "
                    f"({cv_protocol(protocol)}), test error {100 * tags['test_error_mean']:.2f}% mean over "
                    f"{len(test)} final rounds (this model: round 0, {100 * test[0]:.2f}%)"
-                   + (f". Smoke run ({why_smoke}): never the champion." if why_smoke else "."))
+                   + (f". Smoke run ({smoke}): never the champion." if smoke else "."))
 
     def promote(holder):
         """(take the alias, why) given the version holding `champion` now (None: none)."""
-        if why_smoke:
-            return False, f"not champion: a smoke run ({why_smoke})"
+        if smoke:
+            return False, f"not champion: a smoke run ({smoke})"
         if holder is None:
             return True, "alias champion (none held it)"
         if holder.tags.get("cv_protocol") != tags["cv_protocol"]:

@@ -7,7 +7,6 @@
 Every group goes through the runner's `submit`; `outcome` waits for one and says whether it came from the cache.
 """
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ def _stop_set(name):
 class WorkerEpochs:
     """A group's per-epoch hook on a Dask worker: its epochs go to the flow as Dask events (its progress lines), and
     a pipeline that has stopped (its Event set) stops the group at an epoch's end, as in this process. Both cost a
-    message to the scheduler, so they happen at most every EVERY seconds (an epoch of a small unit is milliseconds);
+    message to the scheduler, so they happen at most every EVERY seconds (an epoch of a small part is milliseconds);
     the epochs between are counted into the next event."""
     EVERY = 1.0
 
@@ -75,16 +74,19 @@ def task_runner(run):
     if not (run.cluster or run.workers):
         from prefect.task_runners import ThreadPoolTaskRunner
         return ThreadPoolTaskRunner(max_workers=1)
-    # Dask's INFO lines (dozens at a local cluster's start and end) say nothing a user acts on; warnings stay. The
-    # variable reaches the workers a local cluster spawns, and the process's own loggers are set too.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # Dask's INFO lines (dozens at a local cluster's start and end) say nothing a user acts on; warnings stay: in this
+    # process's loggers, and in the environment of the workers a local cluster spawns (their nannies' `env`), with
+    # this flow's Prefect API (else each worker would start a temporary server of its own).
     import logging
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    from prefect import get_client
     from prefect_dask import DaskTaskRunner
     if run.cluster:
         return DaskTaskRunner(address=run.cluster)
+    with get_client(sync_client=True) as client:
+        env = {"PREFECT_API_URL": str(client.api_url), "DASK_LOGGING__DISTRIBUTED": "warning"}
     return DaskTaskRunner(cluster_kwargs={"n_workers": run.workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "env": env})
 
 
 def remote(runner):
@@ -99,7 +101,7 @@ def workers(runner):
 
 
 @contextlib.contextmanager
-def started(run, submitted):
+def running(run, submitted):
     """The call's runner, entered (a local cluster started). On the way out a group training in this process stops
     at its next epoch; on an error, the `submitted` Dask task runs left open are marked Crashed once the runner
     has stopped (a task Dask gave up on never reports its end)."""
@@ -107,10 +109,8 @@ def started(run, submitted):
     STOPPING.clear()
     try:
         with contextlib.ExitStack() as stack:
-            if run.workers:
-                stack.enter_context(_api_for_workers())
             stack.enter_context(runner)
-            if remote(runner):  # the units still training on workers stop at their next epoch
+            if remote(runner):  # the parts still training on workers stop at their next epoch
                 stack.callback(_stop_workers, runner, stop_event())
             stack.callback(STOPPING.set)  # (left first)
             yield runner
@@ -127,14 +127,14 @@ def _stop_workers(runner, name):
     try:
         Event(name, client=runner.client).set()
     except Exception as e:  # noqa: BLE001  (OSError, TimeoutError, CommClosedError: the scheduler is gone)
-        print(f"could not tell the Dask workers to stop ({type(e).__name__}); their units end with their "
+        print(f"could not tell the Dask workers to stop ({type(e).__name__}); their parts end with their "
               "training", file=sys.stderr, flush=True)
 
 
 def fast_malloc():
     """Called by a group's task on a Dask worker. Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536,
     which turns off glibc's growing mmap threshold: every large tensor torch allocates is then mapped and faulted
-    in afresh, and training runs 1.6x slower (a search unit on one thread: 12.3 s against 7.9 s). This sets the
+    in afresh, and training runs 1.6x slower (a search group on one thread: 12.3 s against 7.9 s). This sets the
     thresholds that growth would reach (mmap above 32 MiB, trim above 64 MiB); a no-op where libc is not glibc."""
     import ctypes
     try:
@@ -143,24 +143,6 @@ def fast_malloc():
         return
     mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-
-
-@contextlib.contextmanager
-def _api_for_workers():
-    """Local workers inherit this flow's Prefect API (the temporary server, when no PREFECT_API_URL is set):
-    otherwise each would start a server of its own. Until the cluster stops: workers may (re)start any time."""
-    from prefect import get_client
-    with get_client(sync_client=True) as client:
-        url = str(client.api_url)
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
 
 
 def outcome(future):

@@ -1,7 +1,8 @@
-"""A study's Optuna search: a TPE study per architecture, asked a new trial whenever one ends.
+"""The plan of an Optuna search stage: per architecture an Optuna study (TPE), asked a new trial whenever one ends.
 
 Each trial's groups train as cached tasks (flows.stages) and log their fits under the trial's MLflow run; then the
-trials are told their values (the lowest mean validation error of their rows). The Optuna studies live in
+trials are told their values (the lowest mean validation error of their rows). The Optuna studies (here `optunas`,
+one per architecture: "study" is this project's word for a study file) live in
 `optuna_storage()`, named by the protocol, the study file and the fits' context: after a crash the same command
 finds them, reuses every finished trial (its groups come from the cache) and finishes the trials left running.
 """
@@ -10,74 +11,83 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pairs import protocol as P
-from pairs.selection import search_table
-from pairs import report as R
+from pairs import protocol as protocols
+from pairs import report as reports
 from pairs.data import derive_seed
+from pairs.models import architecture
+from pairs.selection import search_table
 
+from .runner import remote, workers
 from .settings import optuna_storage
-from .runner import remote
 from .stages import collect, submit
-from .tasks import write_artifacts
 
 
-def optuna_search(study, protocol, w, progress, workers=1):
-    """The search's fit records, trial by trial, under a `search` stage run. Each architecture keeps `slots` trials
-    in flight (the study's `batch`, or more when the runner has more workers) and asks a new one as soon as one
-    ends (TPE with a constant liar: the trials in flight count as their worst). In this process trials end in
-    the order asked, so the sequence of asks and tells, and the results, are the same every time; on Dask the
-    first trial to end is told first."""
-    import optuna
+class OptunaSearch:
+    """The search stage's plan for a study whose [search] method is optuna (flows.stages.stage consumes it).
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna_storage()
-    ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(w.context)], sort_keys=True,
-                                      default=str).encode()).hexdigest()[:12]
-    def sampler(a, number):  # seeded by the trial's number: a resumed search asks what the whole one would
-        return optuna.samplers.TPESampler(  # random for the first half (at most 10)
-            seed=derive_seed(protocol.seed, "optuna", a, number) % 2**32, constant_liar=True,
-            n_startup_trials=min(10, max(study.in_flight, study.trials // 2)))
-    studies = {a: optuna.create_study(study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=storage,
-                                      load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
-               for a in protocol.architectures}
-    slots = max(study.in_flight, -(-workers // len(studies)))
-    typical = P.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
-    run_id = w.tracker.child("search", {"pairs.stage": "search", "pairs.optuna_storage": storage})
-    records, flying = {}, []
+    Each architecture keeps `slots` trials in flight (the study's `in_flight`, or more when the runner has more
+    workers) and asks a new one as soon as one ends (TPE with a constant liar: the trials in flight count as their
+    worst). In this process trials end in the order asked, so the sequence of asks and tells, and the results, are
+    the same every time; on Dask the first trial to end is told first."""
+    name = "search"
 
-    def start(a, number, candidate, tell):
-        name = f"trial {a} {number}"
-        trial_run = w.tracker.trial_run(name, f"{studies[a].study_name}/{number}", run_id, candidate)
-        groups = P.search_groups(protocol, [candidate])
-        progress.plan(groups, [g for g in typical if P.parse(g.fits[0].variant)[0] == a])
-        flying.append((a, number, candidate, tell, name, trial_run, submit(groups, trial_run, w, progress)))
+    def __init__(self, call):
+        self.call, self.storage = call, optuna_storage()
+        self.tags = {"pairs.optuna_storage": self.storage}
 
-    for a, s in studies.items():  # what an earlier call left: finished trials (from the cache), those in flight
-        for t in s.get_trials(deepcopy=False):
-            start(a, t.number, study.suggest(optuna.trial.FixedTrial(t.params), a),
-                  t.state == optuna.trial.TrialState.RUNNING)
-    while True:
-        for a, s in studies.items():
-            while sum(f[0] == a for f in flying) < slots and len(s.trials) < study.trials:
-                s.sampler = sampler(a, len(s.trials))
-                t = s.ask()
-                start(a, t.number, study.suggest(t, a), True)
-        if not flying:
-            break
-        a, number, candidate, tell, name, trial_run, parts = flying.pop(_first_to_end(flying, remote(w.runner)))
-        mine = collect(parts, w, progress)
-        best = min(search_table(mine), key=lambda r: r["val_error_mean"])
-        if tell:
-            studies[a].tell(number, best["val_error_mean"])
-        w.tracker.end_trial(trial_run, best)
-        print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
-              f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
-        records[(list(studies).index(a), number)] = mine
-    records = [r for k in sorted(records) for r in records[k]]  # by trial number: TIE_RULE's "searched first"
-    [f.result() for f in w.logging]
-    write_artifacts(w.tracker, run_id, "search", lambda out: R.search_artifacts(records, out))
-    w.tracker.end(run_id)
-    return records
+    def artifacts(self, records, out):
+        return reports.search_artifacts(records, out)
+
+    def train(self, call, run_id, progress):
+        """The search's fit records, in trial order (TIE_RULE's "searched first"), each trial's fits logged under its
+        trial run."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study, protocol = call.study, call.protocol
+        ident = hashlib.sha256(json.dumps([asdict(protocol), asdict(study), list(call.context)], sort_keys=True,
+                                          default=str).encode()).hexdigest()[:12]
+
+        def sampler(a, number):  # seeded by the trial's number: a resumed search asks what the whole one would
+            return optuna.samplers.TPESampler(  # random for the first half (at most 10)
+                seed=derive_seed(protocol.seed, "optuna", a, number) % 2**32, constant_liar=True,
+                n_startup_trials=min(10, max(study.in_flight, study.trials // 2)))
+        optunas = {a: optuna.create_study(study_name=f"{Path(study.path).stem}-{a}-{ident}", storage=self.storage,
+                                          load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
+                   for a in protocol.architectures}
+        slots = max(study.in_flight, -(-workers(call.runner) // len(optunas)))
+        typical = protocols.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
+        records, flying = {}, []
+
+        def ask(a, number, candidate, tell):
+            name = f"trial {a} {number}"
+            trial_run = call.tracker.trial_run(name, f"{optunas[a].study_name}/{number}", run_id, candidate)
+            groups = protocols.search_groups(protocol, [candidate])
+            progress.plan(groups, [g for g in typical if architecture(g.fits[0].variant) == a])
+            flying.append((a, number, candidate, tell, name, trial_run, submit(groups, trial_run, call, progress)))
+
+        for a, s in optunas.items():  # what an earlier call left: finished trials (from the cache), those in flight
+            for t in s.get_trials(deepcopy=False):
+                ask(a, t.number, study.suggest(optuna.trial.FixedTrial(t.params), a),
+                    t.state == optuna.trial.TrialState.RUNNING)
+        while True:
+            for a, s in optunas.items():
+                while sum(f[0] == a for f in flying) < slots and len(s.trials) < study.trials:
+                    s.sampler = sampler(a, len(s.trials))
+                    t = s.ask()
+                    ask(a, t.number, study.suggest(t, a), True)
+            if not flying:
+                break
+            a, number, candidate, tell, name, trial_run, parts = flying.pop(_first_to_end(flying, remote(call.runner)))
+            mine = collect(parts, call, progress)
+            best = min(search_table(mine), key=lambda r: r["val_error_mean"])
+            if tell:
+                optunas[a].tell(number, best["val_error_mean"])
+            call.tracker.end_trial(trial_run, best)
+            print(f"[search] {name}: {candidate} -> {100 * best['val_error_mean']:.2f}% at batch "
+                  f"{best['batch_size']}, {best['epochs']} epochs", flush=True)
+            records[(list(optunas).index(a), number)] = mine
+        return [r for k in sorted(records) for r in records[k]]
 
 
 def _first_to_end(flying, far):

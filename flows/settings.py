@@ -29,7 +29,7 @@ from pairs.machine import resolve_device
 
 from . import ROOT
 
-STAGES = ("prepare", "search", "final", "report")
+STEPS = ("prepare", "search", "final", "report")
 RENAMED = {"register_model": {"auto": "yes"}}  # old spellings of a choice, still taken on the command line
 
 
@@ -48,13 +48,13 @@ class Run:
     data_dir: str | None = option(None, "torchvision MNIST root (default: $PAIRS_DATA_DIR, then ./data)")
     experiment: str = option("pairs", "MLflow experiment (under `mlflow run`: its --experiment-name)")
     device: str = option("cpu", "where to train", DEVICES)
-    until: str = option("report", "stop after this stage", STAGES)
+    until: str = option("report", "stop after this step", STEPS)
     cluster: str | None = option(None, "train on a running Dask cluster: its scheduler (tcp://HOST:8786); needs a "
                                        "Prefect server (PREFECT_API_URL)")
     workers: int | None = option(None, "train on a local Dask cluster of this many one-thread worker processes")
-    chunk: int | None = option(None, "fits per unit of work, search and final (default: a group whole: a search "
-                                     "cell or trial, a final variant); smaller units give more workers work, with "
-                                     "the same results")
+    chunk: int | None = option(None, "fits per part, search and final (default: a group whole: a search cell or "
+                                     "trial, a final variant); smaller parts give more workers work, with the same "
+                                     "results")
     fail_first: str | None = option(None, "to watch a retry: the first attempt of each group whose name contains "
                                           "this text fails, and Prefect retries it (e.g. 'final MLP_WS')")
     results: str | None = option(None, "folder of the cached task results (default: .cache/prefect); one that every "

@@ -17,7 +17,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
-from pairs import protocol as P
+from pairs import protocol
 from pairs.selection import choose, search_table
 from pairs.data import DataError, check_mnist, ensure_mnist, mnist_fingerprint
 from pairs.machine import resolve_device
@@ -32,7 +32,7 @@ CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group
 TRAINING_CODE = ("config.py", "data.py", "models.py", "protocol.py", "stacked.py", "train.py")
 
 
-def code_version(package=Path(P.__file__).parent):
+def code_version(package=Path(protocol.__file__).parent):
     """SHA-256 over the library's modules that train (config, data, models, protocol, stacked, train): an edit in one
     changes every fit's key; the report, statistics and study-file modules do not."""
     h = hashlib.sha256()
@@ -56,7 +56,7 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
     its trained models as text (pairs.train.pack_model). An error names the group's fits. On a Dask worker
     everything comes as parameters: the data root is checked there and torch uses `threads` threads.
     `fail_first`: the first attempt of a group whose label contains it fails (to watch Prefect retry it; such a
-    group refreshes its cache, flows.stages.Work.train_task, so the retry shows on a rerun too)."""
+    group refreshes its cache, flows.stages.Call.train_task, so the retry shows on a rerun too)."""
     from prefect.runtime import task_run
     try:
         if fail_first and fail_first in group.label and task_run.run_count <= 1:
@@ -69,8 +69,9 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
                 resolve_device(device)
             except (DataError, RuntimeError) as e:
                 raise RuntimeError(f"on Dask worker {socket.gethostname()} (pid {os.getpid()}): {e}") from None
-        records, models = P.train_group(group, root, device, on_epoch)
-        return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models]}
+        records, models, example = protocol.train_group(group, root, device, on_epoch)
+        return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models],
+                "example": None if example is None else example.tolist()}
     except Exception as e:
         first, f = group.fits[0], group.fits[-1]
         fits = f"rounds {first.round}-{f.round}" + (f", folds {first.fold}-{f.fold}" if f.folds else "")

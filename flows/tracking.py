@@ -95,7 +95,7 @@ class Tracker:
         self.tags = {"pairs.host": HOST, "pairs.pid": str(os.getpid()), **(tags or {})}  # on every run
         self.open, self.fit_runs = [], {}  # fit key -> its run, for the fits logged or found by this tracker
         self.rows = {}  # row run id -> its mean test error (None until its fits are in), for the comparison page
-        self.guard, self.closed = threading.Lock(), False  # no run is created once finish() has begun
+        self.guard, self.closed = threading.Lock(), False  # no run is created once end_all() has begun
         with self.lock():
             self.client = MlflowClient(self.uri)
             attached = os.environ.get("MLFLOW_RUN_ID")
@@ -149,7 +149,7 @@ class Tracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def _create(self, name, tags, start_time=None):
-        with self.guard:  # (a logging thread may create a fit run while a signal has the main thread finish)
+        with self.guard:  # (a logging thread may create a fit run while a signal has the main thread end them all)
             if self.closed:
                 raise RunsEnded(f"the pipeline's runs are ended: no new run ({name})")
             run_id = self.client.create_run(self.experiment_id, start_time, tags={**self.tags, **tags},
@@ -192,10 +192,10 @@ class Tracker:
 
     def end(self, run_id, status="FINISHED"):
         self.client.set_terminated(run_id, status)
-        if run_id in self.open:  # finish() on an interrupt may have ended it from the main thread
+        if run_id in self.open:  # end_all() on an interrupt may have ended it from the main thread
             self.open.remove(run_id)
 
-    def finish(self, status="FINISHED"):
+    def end_all(self, status="FINISHED"):
         """End every run this tracker still holds open (the pipeline run only if it opened it); none is created
         after this."""
         with self.guard:
@@ -308,9 +308,7 @@ class Tracker:
         eval_name = "val_error" if r.stage == "search" else "test_error"
         for e, train_error, eval_error in r.scores:
             metrics += [Metric("train_error", train_error, now, e), Metric(eval_name, eval_error, now, e)]
-        for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000],
-                                  params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [])
+        self.client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         self._log_input(run_id, _dataset(r, context))
         if model is not None:
             self.client.set_tag(run_id, "pairs.model_uri", self.log_model(run_id, model, example))
@@ -320,7 +318,7 @@ def pipeline_params(protocol, profile, study, context):
     """The pipeline run's parameters: the protocol, the profile, the device, the code version, the study file and
     its search space."""
     return ({f"protocol.{k}": v for k, v in protocol_params(protocol).items()}
-            | {"pipeline.profile": profile, "pipeline.device": context[2], "pipeline.code_version": context[1],
+            | {"pipeline.profile": profile, "pipeline.device": context.device, "pipeline.code_version": context.code,
                "pipeline.study": study.path or "(the profile's grid)"}
             | {f"search.space.{k}": ",".join(map(str, v)) for k, v in study.space})
 
@@ -340,7 +338,7 @@ def config_params(config):
 def _dataset(r, context):
     """What a fit saw, for the UI's Dataset column: its round's draw of pairs (and fold), from which MNIST."""
     fold = f" fold {r.fold}/{r.folds}" if r.fold is not None else ""
-    source = {"mnist_sha256": context[0], "pairs": r.pairs, "data_seed": r.data_seed, "split_seed": r.split_seed,
+    source = {"mnist_sha256": context.data, "pairs": r.pairs, "data_seed": r.data_seed, "split_seed": r.split_seed,
               "fold": r.fold, "scored_on": "validation fold" if fold else "test pairs"}
     digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
     return DatasetInput(Dataset(f"{r.stage} round {r.round}{fold}", digest, "pairs", json.dumps(source)),

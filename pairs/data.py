@@ -2,7 +2,7 @@
 
 A pair set holds n training pairs drawn from MNIST's training split and n test pairs from its test
 split; within a split the 2n images are distinct. Seeds are explicit: `derive_seed` turns a base seed
-and the names of a unit of work (stage, round, fold) into that unit's own seed.
+and a fit's place (stage, round, fold) into that fit's own seed.
 """
 import functools
 import hashlib
@@ -27,7 +27,7 @@ class DataError(RuntimeError):
 
 
 def derive_seed(base, *parts):
-    """A 63-bit seed from a base seed and the names of a unit of work, independent of any RNG state."""
+    """A 63-bit seed from a base seed and names (a fit's place: stage, round, fold), independent of any RNG state."""
     text = "/".join(str(p) for p in (base, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .models import parse
+from .models import architecture
 from .stats import diverged, mean_std
 
 
@@ -17,10 +17,10 @@ def loss_curves(records):
     from scipy.stats import t
 
     figures = {}
-    for arch in dict.fromkeys(parse(r.variant)[0] for r in records):
+    for arch in dict.fromkeys(architecture(r.variant) for r in records):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        for variant in dict.fromkeys(r.variant for r in records if parse(r.variant)[0] == arch):
+        for variant in dict.fromkeys(r.variant for r in records if architecture(r.variant) == arch):
             curves = [r.train_loss for r in records if r.variant == variant]
             stats = [mean_std(col) for col in zip(*curves)]
             half = t.ppf(0.975, max(len(curves) - 1, 1)) / len(curves) ** 0.5

@@ -142,6 +142,11 @@ def parse(name):
     return parts[0], "WS" in parts, "AL" in parts
 
 
+def architecture(variant):
+    """A variant's architecture: 'MLP_WS_AL' -> 'MLP'."""
+    return parse(variant)[0]
+
+
 # torch.nn.init draws from the process's one global generator: whoever builds a model holds this (a group trains
 # in a thread while another thread rebuilds trained models to log them, or counts FLOPs)
 GLOBAL_RNG = threading.Lock()

@@ -1,4 +1,4 @@
-"""The protocol: its settings and profiles (`Protocol`), and its units of work, named completely.
+"""The protocol: its settings and profiles (`Protocol`), and its fits and their groups, named completely.
 
 1. Search (Table 1): for each architecture's base variant, `search_rounds` rounds of `folds`-fold
    cross-validation, each round on its own draw of `pairs` training pairs with its own fold partition
@@ -8,7 +8,7 @@
 2. Final (Table 2): `final_rounds` rounds of base seed `final_seed` (else `seed`); each round draws fresh pairs
    and trains every variant with its architecture's Choice, scored on that round's test pairs (one Group per
    variant).
-Every seed is derived from the base seed and the unit's names (stage, round, fold), never from global state.
+Every seed is derived from the base seed and a fit's place (stage, round, fold), never from global state.
 A `Fit` names one fit completely (settings, data, seed); its `key` is what the Prefect cache and the
 MLflow store know it by. A `FitRecord` is a Fit with its results; it round-trips through JSON (records written
 before an option was renamed read through RENAMED).
@@ -18,9 +18,10 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
 
 from .data import derive_seed, kfold, pair_sets
-from .models import ARCHITECTURES, VARIANTS, forward_flops, parse
+from .models import ARCHITECTURES, VARIANTS, architecture, forward_flops
 from .config import FitConfig, Training, option
 from .train import FitData, fit_many
 
@@ -28,10 +29,18 @@ DEFAULT = Training()
 RENAMED = {"repair": "re_pair"}  # options of records written before a rename: their values are the same
 
 
+class Context(NamedTuple):
+    """What a fit's key holds besides its settings: the MNIST files' fingerprint, the training code's version and the
+    device. A change in any one trains the fit again."""
+    data: str
+    code: str
+    device: str
+
+
 @dataclass(frozen=True)
 class Protocol(Training):
     """Counts, grid and training options of one study. Every field is a user setting (see flows.settings)."""
-    seed: int = option(0, "base seed: each unit of work (stage, round, fold) derives its own from it")
+    seed: int = option(0, "base seed: each fit derives its own from it and its place (stage, round, fold)")
     final_seed: int | None = option(None, "base seed of the final rounds (their pairs and initial weights); unset: "
                                           "the base seed. Test rounds are spent once seen: a confirmation takes "
                                           "one no published study used")
@@ -69,8 +78,8 @@ class Protocol(Training):
             if a not in ARCHITECTURES:
                 raise ValueError(f"unknown architecture {a!r}; choose from {', '.join(ARCHITECTURES)}")
         for v in self.variants:
-            if parse(v)[0] not in self.architectures:
-                raise ValueError(f"variant {v} takes its settings from the search of {parse(v)[0]}: add it to "
+            if architecture(v) not in self.architectures:
+                raise ValueError(f"variant {v} takes its settings from the search of {architecture(v)}: add it to "
                                  f"architectures or leave the variant out")
         if self.batch_norm:  # batch statistics need two pairs: no batch of one, in any fold or the final rounds
             sizes = {self.pairs - self.pairs // self.folds, self.pairs - -(-self.pairs // self.folds), self.pairs}
@@ -83,7 +92,7 @@ class Protocol(Training):
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def fits(self):
-        """(search fits, final fits) that the protocol implies (counted from its units of work)."""
+        """(search fits, final fits) that the protocol implies (counted from its groups)."""
         return sum(len(g.fits) for g in search_groups(self)), len(self.variants) * self.final_rounds
 
 
@@ -195,7 +204,7 @@ class Choice:
 
 @dataclass(frozen=True)
 class Group:
-    """Fits of one config trained as one stacked computation: the unit of work of a pipeline task."""
+    """Fits of one config trained as one stacked computation: what a pipeline task trains (whole, or in parts)."""
     fits: tuple[Fit, ...]
     name: str = ""  # an arm's name: shown in the label; not part of the key
     keep: bool = False  # training returns the fits' models too (a selected configuration's final rounds)
@@ -219,14 +228,14 @@ class Group:
 
 
 def split(groups, chunk=None):
-    """Groups in parts of at most `chunk` fits each (units of work that can train on different machines; each fit's
+    """Groups in parts of at most `chunk` fits each (parts, which can train on different machines; each fit's
     result is the same whichever part it trains in); None: the groups whole."""
     return [replace(g, fits=g.fits[i:i + chunk], part=f"fits {i + 1}-{min(i + chunk, len(g.fits))} of {len(g.fits)}")
             if chunk and chunk < len(g.fits) else g for g in groups for i in range(0, len(g.fits), chunk or len(g.fits))]
 
 
 def search_groups(protocol, candidates=({},)):
-    """The search's units of work: one Group per (architecture, candidate, batch size), rounds x folds fits
+    """The search's groups: one Group per (architecture, candidate, batch size), rounds x folds fits
     each, scored at every epoch count. A candidate holds Training options and may name its `variant` (of
     that architecture; others are skipped), `batch_size` and `epochs`, else the protocol's grid is used.
     With a learning-rate schedule the first 25 epochs of a 50-epoch fit are not a 25-epoch fit, so each
@@ -235,7 +244,7 @@ def search_groups(protocol, candidates=({},)):
     for arch, options in itertools.product(p.architectures, candidates):
         options = dict(options)
         variant = options.pop("variant", arch)
-        if parse(variant)[0] != arch:
+        if architecture(variant) != arch:
             continue
         batches = [options.pop("batch_size")] if "batch_size" in options else p.batch_sizes
         epochs = [options.pop("epochs")] if "epochs" in options else sorted(set(p.epoch_grid))
@@ -254,19 +263,19 @@ def final_variants(protocol, selection):
     """The variants of the final evaluation: the protocol's, or an architecture's chosen variant when the search
     chose one."""
     chosen = [c.variant for c in selection.values() if c.variant]
-    return [v for v in protocol.variants if not selection[parse(v)[0]].variant] + chosen
+    return [v for v in protocol.variants if not selection[architecture(v)].variant] + chosen
 
 
 def final_groups(protocol, selection, name=""):
-    """The final evaluation's units of work: one Group per variant, at its architecture's Choice (`selection`:
+    """The final evaluation's groups: one Group per variant, at its architecture's Choice (`selection`:
     {architecture: Choice}); every variant and arm on the same rounds. The groups of the chosen configurations
     (an architecture's searched variant) keep their trained models."""
     p, groups = protocol, []
     base = p.seed if p.final_seed is None else p.final_seed
     for variant in final_variants(p, selection):
-        c = selection[parse(variant)[0]]
+        c = selection[architecture(variant)]
         cfg = FitConfig(variant, c.batch_size, c.epochs, **(p.training() | dict(c.options)))
-        keep = not name and variant == (c.variant or parse(variant)[0])
+        keep = not name and variant == (c.variant or architecture(variant))
         groups.append(Group(tuple(Fit("final", cfg, rnd, None, derive_seed(base, "final", rnd), p.pairs,
                                       derive_seed(base, "final", rnd, "pairs"), score_at=(cfg.epochs,))
                                   for rnd in range(p.final_rounds)), name, keep))
@@ -304,8 +313,9 @@ def fit_data(fit, root=None):
 
 
 def train_group(group, root=None, device="cpu", on_epoch=None):
-    """Train a Group's fits stacked: one FitRecord per fit, in the group's order, and the fits' trained
-    PairsClassifiers in the same order when the group keeps them (else none).
+    """Train a Group's fits stacked: one FitRecord per fit, in the group's order; the fits' trained PairsClassifiers
+    in the same order and three of the first fit's scored inputs (a logged model's input example) when the group
+    keeps them (else none).
 
     `on_epoch(epoch, epochs, n)`, if given, is called when n fits have trained their epoch-th epoch."""
     fits = group.fits
@@ -323,7 +333,7 @@ def train_group(group, root=None, device="cpu", on_epoch=None):
                                    train_loss=tuple(r.train_loss), main_loss=tuple(r.main_loss),
                                    aux_loss=tuple(r.aux_loss), param_count=r.param_count, s_per_epoch=r.s_per_epoch,
                                    scores=tuple((e, r.train_error[e], r.eval_error[e]) for e in sorted(r.train_error)))
-    return records, trained if group.keep else []
+    return (records, trained, datas[0].eval_input[:3].float().numpy()) if group.keep else (records, [], None)
 
 
 def fold_size(fit):

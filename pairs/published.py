@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .models import parse
+from .models import architecture
 
 NUMBERS = Path(__file__).parent / "published_numbers"
 PAIRS = 1000  # the paper's pairs per split: what its validation errors look divided by
@@ -41,7 +41,7 @@ def test_error():
 def _retrained():
     """(architecture, searched (batch, epochs), final (batch, epochs)) of each architecture in the paper."""
     final = table("table2").drop_duplicates(["batch_size", "epochs"]).assign(
-        architecture=lambda d: d.variant.map(lambda v: parse(v)[0])).drop_duplicates("architecture")
+        architecture=lambda d: d.variant.map(lambda v: architecture(v))).drop_duplicates("architecture")
     chosen = table("selection").merge(final, on="architecture", suffixes=("", "_final"))
     return [(r.architecture, (r.batch_size, r.epochs), (r.batch_size_final, r.epochs_final))
             for r in chosen.itertuples()]
@@ -84,7 +84,7 @@ def differences(t2):
 def procedure(variants):
     """Differences of procedure between the paper and a run: listed, not shown to cause any gap (an arm of a study
     such as al_gap tests one at a time). Each is said only where its variants are here."""
-    archs = {parse(v)[0] for v in variants}
+    archs = {architecture(v) for v in variants}
     causes = [f"the paper's final {a} used batch size {b}, chosen by a comparison its text does not describe; here\n"
               "the selection comes from cross-validation alone" for a, searched, (b, e) in _retrained()
               if a in archs and searched != (b, e)]

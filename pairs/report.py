@@ -15,7 +15,7 @@ import matplotlib
 
 from . import claims, figures, published
 from .config import Training
-from .models import parse
+from .models import architecture
 from .protocol import FitRecord
 from .selection import SCORES, TIE_RULE, search_table, tied
 from .stats import DIVERGED_MIN_EPOCHS, MIN_PAIRED_ROUNDS
@@ -98,9 +98,11 @@ def search_artifacts(records, out):
             + [save_records(records, out / "search_fits.json")])
 
 
-def final_artifacts(records, out):
-    """Table 2, the paired statistics, the loss and error figures and the fit records, written to out."""
-    t2, cmp = table2(records), comparisons(records)
+def final_artifacts(records, out, t2=None):
+    """Table 2 (`t2`, when the caller has it), the paired statistics, the loss and error figures and the fit
+    records, written to out."""
+    t2 = table2(records) if t2 is None else t2
+    cmp = comparisons(records)
     losses = [path for arch, fig in figures.loss_curves(records).items()
               for path in _save(fig, out, f"loss_{arch}", svg=True)]
     return (write_tables(out, "table2", t2, display(t2, "table2")) + write_tables(out, "statistics", cmp, display(cmp, "statistics"))
@@ -121,7 +123,7 @@ def conclusions(t2, cmp):
         lines.append("\nExploratory (declared by nobody; estimates, no verdict):")
         lines += [f"- {r.architecture}, {r.comparison}: {claims.said(r._asdict())}." for r in rest.itertuples(index=False)]
     counted = []
-    for arch in dict.fromkeys(parse(v)[0] for v in t2.variant):
+    for arch in dict.fromkeys(architecture(v) for v in t2.variant):
         plain, ws = t2[t2.variant == arch], t2[t2.variant == f"{arch}_WS"]
         if len(plain) and len(ws):
             a, b = plain.param_count.iloc[0], ws.param_count.iloc[0]
@@ -253,9 +255,9 @@ def not_enough(protocol, meta):
     return "; ".join(why + ([f"a smoke run ({meta['smoke']})"] if meta.get("smoke") else []))
 
 
-def render(search, final, selection, protocol, meta, study=None):
+def render(search, final, selection, protocol, meta, study=None, t2=None):
     """REPORT.md: setup, Table 1, selection, Table 2, figures, statistics, conclusions, command."""
-    t1, t2, cmp = table1(search), table2(final), comparisons(final)
+    t1, t2, cmp = table1(search), table2(final) if t2 is None else t2, comparisons(final)
     p = protocol
     on_grid = t1.filter(like="published_").notna().any().any()  # the paper's grid meets this run's: its sentences apply
     return REPORT.format(
@@ -265,7 +267,7 @@ def render(search, final, selection, protocol, meta, study=None):
         chosen=f"\n{published.choices()}; here the selection comes from cross-validation alone.\n" if on_grid else "",
         rounds=p.final_rounds, diverged=diverged_note(t2, len(final)), table2=markdown(display(t2, "table2")),
         findings=published.findings(t2) if on_grid and tested(p, meta) else "",
-        losses=" ".join(f"![{a} loss](loss_{a}.png)" for a in dict.fromkeys(parse(v)[0] for v in t2.variant)),
+        losses=" ".join(f"![{a} loss](loss_{a}.png)" for a in dict.fromkeys(architecture(v) for v in t2.variant)),
         statistics=statistics(t2, cmp, p, meta), command=command(meta), confirmed=confirmed(meta))
 
 
@@ -283,8 +285,9 @@ def confirmed(meta):
     return "\n".join(lines) + "\n"
 
 
-def full_report(search, final, selection, protocol, out, meta, study=None):
-    """Everything: the stage artifacts and REPORT.md, written to out."""
-    paths = search_artifacts(search, out) + final_artifacts(final, out)
-    (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta, study))
+def full_report(search, final, selection, protocol, out, meta, study=None, t2=None):
+    """Everything: the stage artifacts and REPORT.md, written to out (Table 2: `t2`, when the caller has it)."""
+    t2 = table2(final) if t2 is None else t2
+    paths = search_artifacts(search, out) + final_artifacts(final, out, t2)
+    (out / "REPORT.md").write_text(render(search, final, selection, protocol, meta, study, t2))
     return paths + [out / "REPORT.md"]

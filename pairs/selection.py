@@ -2,9 +2,10 @@
 error, and the exact count of misclassified validation pairs), the selection by TIE_RULE over them (validation
 folds only: the test pairs play no part), and Table 2 rows (per variant over the final rounds).
 """
+from collections import defaultdict
 from fractions import Fraction
 
-from .models import parse
+from .models import architecture
 from .protocol import DEFAULT, Choice, fold_size
 from .stats import mean_std
 
@@ -13,8 +14,8 @@ def searched_options(records):
     """The settings a selection must carry besides batch size and epochs: the variant (where the search had
     another than an architecture's base variant) and every training option not at the study's default in
     some record (whether searched or set for all)."""
-    variants = groupby(records, lambda r: parse(r.variant)[0]).values()
-    searched = any(len({r.variant for r in rs}) > 1 or rs[0].variant != parse(rs[0].variant)[0] for rs in variants)
+    variants = groupby(records, lambda r: architecture(r.variant)).values()
+    searched = any(len({r.variant for r in rs}) > 1 or rs[0].variant != architecture(rs[0].variant) for rs in variants)
     return ((["variant"] if searched else [])
             + [k for k in DEFAULT.training() if {getattr(r.config, k) for r in records} != {getattr(DEFAULT, k)}])
 
@@ -24,7 +25,7 @@ def search_table(records):
     validation error over the rounds x folds fits, and the misclassified validation pairs of them all
     (`val_errors` of `val_pairs`: what the selection compares, exactly)."""
     rows, options = [], searched_options(records)
-    cell = lambda r: (parse(r.variant)[0], r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
+    cell = lambda r: (architecture(r.variant), r.config.batch_size, *(getattr(r.config, k) for k in options))  # noqa: E731
     for (arch, batch, *values), group in groupby(records, cell).items():
         for e in sorted({e for r in group for e in r.train_error}):
             scored = [r for r in group if e in r.train_error]
@@ -52,22 +53,25 @@ def _rank(indexed):
 def choose(table1_rows):
     """The Selection: per architecture the Choice (batch size, epochs, searched options) by TIE_RULE. Table 1 holds validation
     folds only: the test pairs play no part."""
-    best = {}
-    for _, r in sorted(enumerate(table1_rows), key=_rank):
-        best.setdefault(r["architecture"], Choice.of({k: v for k, v in r.items() if k not in SCORES}))
-    return best
+    return {a: Choice.of({k: v for k, v in rows[0].items() if k not in SCORES})
+            for a, rows in groupby(ranked(table1_rows), lambda r: r["architecture"]).items()}
+
+
+def ranked(table1_rows):
+    """Table 1's rows in TIE_RULE's order, best first."""
+    return [r for _, r in sorted(enumerate(table1_rows), key=_rank)]
 
 
 def tied(table1_rows):
     """Per architecture, the candidates with as few validation errors as the selected one (the selected first),
     when there are more than one: what the report names."""
     out = {}
-    for _, r in sorted(enumerate(table1_rows), key=_rank):
-        first = out.setdefault(r["architecture"], [r])[0]
-        if r is not first and Fraction(r["val_errors"], r["val_pairs"]) == Fraction(first["val_errors"],
-                                                                                     first["val_pairs"]):
-            out[r["architecture"]].append(r)
-    return {a: rows for a, rows in out.items() if len(rows) > 1}
+    for a, rows in groupby(ranked(table1_rows), lambda r: r["architecture"]).items():
+        best = Fraction(rows[0]["val_errors"], rows[0]["val_pairs"])
+        same = [r for r in rows if Fraction(r["val_errors"], r["val_pairs"]) == best]
+        if len(same) > 1:
+            out[a] = same
+    return out
 
 
 def final_table(records):
@@ -84,8 +88,9 @@ def final_table(records):
     return rows
 
 
-def groupby(records, key):
-    groups = {}
-    for r in records:
-        groups.setdefault(key(r), []).append(r)
-    return groups
+def groupby(items, key):
+    """{key(item): [items]}, keys in the order first seen, items in their order."""
+    groups = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return dict(groups)

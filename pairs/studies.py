@@ -37,7 +37,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .models import ARCHITECTURES, VARIANTS, parse
+from .models import ARCHITECTURES, VARIANTS, architecture
 from .protocol import Protocol
 from .config import FitConfig, Training
 
@@ -77,7 +77,7 @@ class Study:
         return {name: values["low"] if isinstance(values, dict) else values[0] for name, values in self.space
                 if name != "variant"}
 
-    def suggest(self, trial, architecture):
+    def suggest(self, trial, arch):
         """An Optuna trial's candidate for one architecture (the variants of that architecture only)."""
         out = {}
         for name, values in self.space:
@@ -87,7 +87,7 @@ class Study:
                     name, values["low"], values["high"], log=values.get("log", False))
             else:
                 out[name] = trial.suggest_categorical(name, [v for v in values if name != "variant"
-                                                             or parse(v)[0] == architecture])
+                                                             or architecture(v) == arch])
         return out
 
 
@@ -199,7 +199,7 @@ def _search(study, search, fail):
         for v in values:
             _check_value(protocol, name, v, key, fail)
     if "variant" in space:
-        missing = [a for a in protocol.architectures if not any(parse(v)[0] == a for v in space["variant"])]
+        missing = [a for a in protocol.architectures if not any(architecture(v) == a for v in space["variant"])]
         if missing:
             fail("search.space.variant", f"no variant of {', '.join(missing)}, a searched architecture")
     space = tuple((n, v if isinstance(v, dict) else tuple(v)) for n, v in space.items())
@@ -215,7 +215,7 @@ def _search(study, search, fail):
 
 def _check_value(protocol, name, value, key, fail):
     if name == "variant":
-        if value not in VARIANTS or parse(value)[0] not in protocol.architectures:
+        if value not in VARIANTS or architecture(value) not in protocol.architectures:
             fail(key, f"{value!r} is not a variant of the searched architectures "
                       f"({', '.join(protocol.architectures)}); variants: {', '.join(VARIANTS)}")
     elif name in FIT:

@@ -7,7 +7,7 @@ at: percentages, mean ± std. Paired comparisons use the same rounds (same pairs
 import pandas as pd
 
 from . import claims, published
-from .models import parse
+from .models import architecture
 from .protocol import final_groups, options_text, selection_of
 from .selection import final_table, groupby, search_table
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
@@ -68,10 +68,7 @@ def _paired(a, b):
 
 def _rounds(records):
     """{config: {round: record}} of final fits."""
-    by = {}
-    for r in records:
-        by.setdefault(r.config, {})[r.round] = r
-    return by
+    return {cfg: {r.round: r for r in rs} for cfg, rs in groupby(records, lambda r: r.config).items()}
 
 
 def _broke(*sides):
@@ -89,7 +86,7 @@ def comparisons(records):
     paper's claims are declared (with the paper's direction), the rest exploratory."""
     by = {cfg.variant: rounds for cfg, rounds in _rounds(records).items()}
     found = []
-    for arch in dict.fromkeys(parse(v)[0] for v in by):
+    for arch in dict.fromkeys(architecture(v) for v in by):
         for name, base, treated in COMPARISONS:
             a, b = by.get(arch + base), by.get(arch + treated)
             if a and b:
@@ -149,7 +146,7 @@ def beside(studies):
     first = next(iter(studies))
     compared = [{"row": b["row"], "against": a["row"], **{k: v for k, v in _paired(ea, eb).items() if k in PAIRED}}
                 for b, eb in zip(rows, errors) for a, ea in zip(rows, errors)
-                if b["study"] != first and a["study"] == first and parse(a["variant"])[0] == parse(b["variant"])[0]]
+                if b["study"] != first and a["study"] == first and architecture(a["variant"]) == architecture(b["variant"])]
     return pd.DataFrame(rows), pd.DataFrame(compared, columns=["row", "against", *PAIRED]), errors
 
 

@@ -15,6 +15,8 @@ from flows.pipeline import pipeline
 from pairs import protocol as P
 from pairs.protocol import PROFILES
 
+CONTEXT = P.Context("mnist", "code", "cpu")  # a fit's context, made up
+
 QUICK = PROFILES["quick"]
 N_SEARCH, N_FINAL = QUICK.fits()
 FIT_PARAMS = {"variant", "architecture", "weight_sharing", "aux_loss", "aux_weight", "batch_size", "epochs", "lr",
@@ -327,10 +329,10 @@ def test_a_fit_whose_logging_failed_is_finished_by_the_retry(tmp_path, monkeypat
     import numpy as np
     tracker, stage, runs_now = a_tracker(tmp_path, monkeypatch)
     with pytest.raises(TypeError):  # the fit's metrics are logged, then its "model" fails to log
-        tracker.log_fits([a_record()], stage, ("mnist",), models=["not a model"],
+        tracker.log_fits([a_record()], stage, CONTEXT, models=["not a model"],
                          example=np.zeros((3, 2, 14, 14), "float32"))
-    tracker.log_fits([a_record()], stage, ("mnist",))  # the retry
-    tracker.finish()
+    tracker.log_fits([a_record()], stage, CONTEXT)  # the retry
+    tracker.end_all()
     assert sorted(r.info.status for r in runs_now() if "pairs.fit_key" in r.data.tags) == ["FINISHED"]
 
 
@@ -338,7 +340,7 @@ def test_no_run_is_created_once_the_runs_are_ended(tmp_path, monkeypatch):
     """A signal has the main thread end the runs (finish) while a logging thread may still create a fit run:
     that run is either ended by finish or never created, so none is left RUNNING."""
     tracker, stage, runs_now = a_tracker(tmp_path, monkeypatch)
-    tracker.finish("KILLED")
+    tracker.end_all("KILLED")
     with pytest.raises(RuntimeError, match="no new run"):
         tracker.child("a fit logged after the signal")
     # the logging task the stop could not wait for says so and ends (no retries, no error at exit)

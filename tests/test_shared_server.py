@@ -16,6 +16,8 @@ import pytest
 from pairs import protocol as P
 from pairs.selection import choose, search_table
 
+CONTEXT = P.Context("mnist", "code", "cpu")  # a fit's context, made up
+
 from conftest import _port, _serve
 from test_machines import assert_same_as_in_process, records_of
 
@@ -142,9 +144,9 @@ def test_a_logging_attempt_that_fails_after_creating_its_run_is_finished_by_its_
 
     @flow
     def logging():
-        return tasks.log_fits(tracker, made_up(3), stage, ("mnist",), "search ConvNet")
+        return tasks.log_fits(tracker, made_up(3), stage, CONTEXT, "search ConvNet")
     ids = logging()
-    tracker.finish()
+    tracker.end_all()
     client = MlflowClient(server)
     fits = [r for r in client.search_runs([tracker.experiment_id]) if "pairs.fit_key" in r.data.tags]
     assert inputs[1] == inputs[2] == ids[1] and len(inputs) == 4  # the retry used the run the failure left
