@@ -11,7 +11,8 @@ import sys
 
 from . import ROOT
 from .lifetime import own_server, start
-from .settings import SETTINGS, flow_values, mlproject, preflight, validate
+from .preflight import preflight
+from .settings import SETTINGS, flow_values, mlproject, validate
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,7 +33,7 @@ def drop_mlflow_run(status):
         return
     from mlflow.tracking import MlflowClient
 
-    from .settings import tracking_uri
+    from .preflight import tracking_uri
     try:
         client = MlflowClient(tracking_uri())
         tags = client.get_run(run_id).data.tags

@@ -25,7 +25,8 @@ from .progress import Progress, planned
 from .report import writer
 from .runner import running
 from .search import OptunaSearch
-from .settings import make_protocol, preflight, settings_as_parameters, validate
+from .preflight import preflight
+from .settings import make_protocol, settings_as_parameters, validate
 from .stages import Call, Final, Groups, stage
 from .tasks import code_version, prepare_data, select, write_artifacts
 from .tracking import Tracker, pipeline_params, selection_params

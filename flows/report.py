@@ -17,7 +17,7 @@ from pairs.protocol import RENAMED, Protocol, selection_of
 from pairs.studies import Study
 
 from . import ROOT
-from .settings import tracking_uri
+from .preflight import tracking_uri
 from .tracking import download_artifacts
 
 

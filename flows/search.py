@@ -18,7 +18,7 @@ from pairs.models import architecture
 from pairs.selection import search_table
 
 from .runner import remote, workers
-from .settings import optuna_storage
+from .preflight import optuna_storage
 from .stages import collect, submit
 
 

@@ -1,4 +1,4 @@
-"""All MLflow calls: the store, the run tree, one run per fit written in one batch, artifacts.
+"""A pipeline call's MLflow run tree: its runs and their ends, one run per fit (logged once), its artifacts.
 
 Run tree: a pipeline run (or the run `mlflow run` opened), a child per stage, a grandchild per fit; in
 the final stage, a row run per configuration (Table 2's numbers as its metrics: the comparison view)
@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from pairs.models import VARIANTS, parse
 from pairs.protocol import protocol_params
 
-from .settings import sqlite_path, tracking_uri
+from .preflight import sqlite_path, tracking_uri
 
 PARENT = "mlflow.parentRunId"
 PACKAGE = Path(__file__).resolve().parent.parent / "pairs"
@@ -229,16 +229,16 @@ class Tracker:
         fits already FINISHED here are skipped, and a run this pipeline's earlier attempt left RUNNING is finished.
         With `models` (one per record), each is logged to its fit's run (`log_model`). Returns run ids."""
         keys = [r.key(context) for r in records]
-        group = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]
+        part = hashlib.sha256(" ".join(keys).encode()).hexdigest()[:32]  # the part's key (tag `pairs.group`)
         with self.lock():
-            found = self.client.search_runs([self.experiment_id], f"tags.`pairs.group` = '{group}'",
+            found = self.client.search_runs([self.experiment_id], f"tags.`pairs.group` = '{part}'",
                                             max_results=50000)
             done = {run.data.tags["pairs.fit_key"]: run.info.run_id for run in found if run.info.status == "FINISHED"}
             begun = {run.data.tags["pairs.fit_key"]: run for run in found if run.info.status == "RUNNING" and
                      run.data.tags.get("pairs.pipeline_run") == self.run_id}  # (another pipeline's: not ours to end)
             for r, key, model in zip(records, keys, models or [None] * len(records)):
                 if key not in done:
-                    done[key] = self._log_fit(r, parent_id, key, group, context, model, example, label, begun.get(key))
+                    done[key] = self._log_fit(r, parent_id, key, part, context, model, example, label, begun.get(key))
         self.fit_runs.update(zip(keys, (done[k] for k in keys)))
         return [done[k] for k in keys]
 
@@ -260,7 +260,7 @@ class Tracker:
                                             pip_requirements=REQUIREMENTS, serialization_format="pickle")
         return info.model_uri
 
-    def _log_fit(self, r, parent_id, key, group, context, model=None, example=None, label="", begun=None):
+    def _log_fit(self, r, parent_id, key, part, context, model=None, example=None, label="", begun=None):
         """One fit run: params = the fit's config and identity; metrics = losses per epoch, scores per count,
         training time. `begun`: the run an earlier attempt created, filled again and ended here. An attempt that
         fails leaves its run RUNNING for the retry (the pipeline's end ends it FAILED if no retry succeeds)."""
@@ -271,7 +271,7 @@ class Tracker:
         else:
             name = f"{label or r.stage + ' ' + r.variant} r{r.round}" + (f" f{r.fold}" if r.fold is not None else "")
             now = int(time.time() * 1000)
-            run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": group,
+            run_id = self._create(name, {PARENT: parent_id, "pairs.fit_key": key, "pairs.group": part,
                                          "pairs.kind": "fit", "pairs.stage": r.stage}, start_time=now)
         self._fill(run_id, r, context, now, model if not (begun and "pairs.model_uri" in begun.data.tags) else None,
                    example)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import preflight, validate
+from flows.preflight import preflight
+from flows.settings import validate
 from pairs import protocol as P
 
 BIN = Path(sys.executable).parent
