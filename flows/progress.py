@@ -27,7 +27,7 @@ class Progress:
     def __init__(self, groups):
         """`groups`: what the call plans to train; `plan` puts the real groups in place of estimated ones."""
         self.work, self.fits, self.done, self.fits_done = work(groups), sum(len(g.fits) for g in groups), 0, 0
-        self.start = self.last = time.time()
+        self.began = self.last = time.time()
         self.trained = {}  # fit-epochs trained in this process, per group label
 
     def plan(self, groups, instead_of=()):
@@ -52,7 +52,7 @@ class Progress:
         self._say(group, "from the cache" if cached else "done")
 
     def _say(self, group, what):
-        elapsed = time.time() - self.start
+        elapsed = time.time() - self.began
         eta = f"{elapsed / self.done * max(self.work - self.done, 0):.0f} s" if self.done else "?"
         print(f"[{group.fits[0].stage}] {group.label}: {what}; {self.fits_done}/{self.fits} fits done, "
               f"elapsed {elapsed:.0f} s, ETA {eta}", flush=True)

@@ -14,7 +14,6 @@ from pairs import protocol, tables
 from pairs import report as reports
 from pairs.protocol import FitRecord
 from pairs.studies import Study
-from pairs.train import unpack_model
 
 from . import tasks
 from .lifetime import signals_held
@@ -130,7 +129,7 @@ def collect(submitted, call, progress):
         out, cached = outcome(future)
         progress.part_done(part, cached)
         got = [FitRecord.from_json(d) for d in out["records"]]
-        models = [unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
+        models = [tasks.unpack_model(r.config, r.seed, m) for r, m in zip(got, out["models"])] or None
         example = np.asarray(out["example"], dtype=np.float32) if models else None
         with signals_held():  # what is submitted is recorded (a stop waits for these fits to be logged)
             call.logging.append(tasks.log_fits.submit(call.tracker, got, parent, call.context, fits_label(part),

@@ -7,7 +7,9 @@ reuses every finished group, and a rerun after a crash redoes only unfinished gr
 cached but idempotent (see flows.tracking), and runs in the flow's thread pool beside the next group's training.
 Retry delays are one number each: Prefect's UI shows a list of delays as "NaNs".
 """
+import base64
 import hashlib
+import io
 import os
 import socket
 import tempfile
@@ -21,7 +23,8 @@ from pairs import protocol
 from pairs.selection import choose, search_table
 from pairs.data import DataError, check_mnist, ensure_mnist, mnist_fingerprint
 from pairs.machine import resolve_device
-from pairs.train import pack_model
+from pairs.models import PairsClassifier
+from pairs.train import init_model, member_seeds
 
 from .runner import fast_malloc, retry_unless_stopping
 from .tracking import RunsEnded
@@ -53,7 +56,7 @@ def prepare_data(root):
 @task(task_run_name="{group.label}", **CACHED)
 def train(group, context, root, device, on_epoch=None, threads=None, fail_first=None):
     """Train one group (a search cell or a final variant): its fit records and, for a group that keeps them,
-    its trained models as text (pairs.train.pack_model). An error names the group's fits. On a Dask worker
+    its trained models as text (`pack_model`). An error names the group's fits. On a Dask worker
     everything comes as parameters: the data root is checked there and torch uses `threads` threads.
     `fail_first`: the first attempt of a group whose label contains it fails (to watch Prefect retry it; such a
     group refreshes its cache, flows.stages.Call.train_task, so the retry shows on a rerun too)."""
@@ -77,6 +80,21 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
         fits = f"rounds {first.round}-{f.round}" + (f", folds {first.fold}-{f.fold}" if f.folds else "")
         raise RuntimeError(f"{f.stage} fits of {f.variant} at batch size {f.config.batch_size} ({fits}) "
                            f"failed: {e}") from e
+
+
+def pack_model(model):
+    """A trained PairsClassifier's state as text (base64 of torch.save): it travels in the JSON task result."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def unpack_model(cfg, seed, text):
+    """The PairsClassifier of a fit (its config and seed build the members) from `pack_model`'s text; the
+    state is loaded with weights_only: nothing else is unpickled."""
+    model = PairsClassifier([init_model(cfg.variant, s, **cfg.model_options()) for s in member_seeds(cfg, seed)])
+    model.load_state_dict(torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True))
+    return model.eval()
 
 
 @task(task_run_name="log {label}", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=3)

@@ -17,8 +17,6 @@ blocks sized to stay in cache, and trains them with one Adam over the stacked te
 elementwise and each fit's loss reaches only its own parameters, so every fit gets exactly what it would get alone, and a fit that
 diverges leaves the others untouched.
 """
-import base64
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -73,22 +71,6 @@ def init_model(variant, seed, **options):
 def member_seeds(cfg, seed):
     """The seeds of a fit's models: the fit's own (so ensemble = 1 is the fit as it was), then one per member."""
     return [seed] + [derive_seed(seed, "member", j) for j in range(1, cfg.ensemble)]
-
-
-def pack_model(model):
-    """A trained PairsClassifier's state as text (base64 of torch.save): it travels in a JSON task result."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def unpack_model(cfg, seed, text):
-    """The PairsClassifier of a fit (its config and seed build the members) from `pack_model`'s text; the
-    state is loaded with weights_only: nothing else is unpickled."""
-    members = [init_model(cfg.variant, s, **cfg.model_options()) for s in member_seeds(cfg, seed)]
-    model = PairsClassifier(members)
-    model.load_state_dict(torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True))
-    return model.eval()
 
 
 def predict(logits):
