@@ -143,11 +143,11 @@ def run_stack(ops, h, M, train=True, image_format=torch.channels_last):
 
 class Stacked:
     """k models of one variant as stacked tensors. Levers (the defaults are the pipeline's way): `layers`, module
-    type -> compiler (None: LAYERS); `image_format`, the image layers' layout (NCHW: 1.2-1.5x slower on a 2-core
-    Xeon, bench --levers)."""
+    type -> compiler; `image_format`, the image layers' layout (NCHW: 1.2-1.5x slower on a 2-core Xeon, bench
+    --levers)."""
 
-    def __init__(self, models, device, layers=None, image_format=torch.channels_last):
-        m0, layers = models[0], layers or LAYERS
+    def __init__(self, models, device, layers=LAYERS, image_format=torch.channels_last):
+        m0 = models[0]
         self.k, self.shared = len(models), m0.branch1 is m0.branch2
         # per fit: its branches in image order (one when shared); M = k x branches
         branches = [b for m in models for b in ([m.branch1] if self.shared else [m.branch1, m.branch2])]
