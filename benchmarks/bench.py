@@ -9,81 +9,103 @@ profile's wall time (measured) and the full profile's (extrapolated from the mea
 share of MLflow logging and Prefect overhead, (6) a ConvNet and an MLP search cell of the full protocol
 (cut short in epochs) in this process against `--workers 2` (prefect_dask, one thread each), and from the
 measured task durations the simulated wall time of the full and the extended study on 1-64 workers. Only
-torch is needed for (1)-(3); (4)-(6) need the pipeline's packages and run on the CPU.
+torch is needed for (1)-(3); (4)-(6) need the pipeline's packages and run on the CPU. `--levers` trains the same
+search fits with each speed lever: `pairs.stacked.Stacked` built another way (its `layers`, `image_format`, a
+compiled forward), passed to `fit_many` as its `stack`.
+
+Timing: a fit's s/epoch is pairs' own `epoch_seconds` (the number a fit record holds; the median, the first epoch
+left out); a whole call that runs once (a pipeline process, a Dask flow, a batch of MLflow writes) is timed by
+time.perf_counter, since torch.utils.benchmark's Timer runs a statement 2-3 times (it warms up first) and a second
+log of the same fits writes nothing. The float32 matmul ceiling is pairs.machine's.
 """
 import argparse
+import collections
+import functools
+import heapq
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from pairs import protocol as P
+from pairs import published
 from pairs import report as R
+from pairs.config import FitConfig
 from pairs.data import data_root, pair_sets
+from pairs.machine import describe_machine, matmul_gflops, resolve_device
 from pairs.models import VARIANTS, forward_flops, parse
 from pairs.protocol import PROFILES
 from pairs.selection import choose, final_table, search_table
-from pairs import published
-from pairs.config import FitConfig
-from pairs.machine import describe_machine, matmul_gflops, resolve_device
+from pairs.stacked import LAYERS, Stacked, grouped_conv
 from pairs.train import FitData, fit, fit_many
 
+FULL = PROFILES["full"]
+N_TRAIN = 1000 - 1000 // FULL.folds  # a search fit's training pairs
 STUDY = published.table("table2").set_index("variant")
 STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
 
 
-def train_flops(variant, pairs_per_epoch):
-    return 3 * forward_flops(variant) * pairs_per_epoch  # forward + backward ~ 3 forwards
+def train_flops(cfg, pairs_per_epoch):
+    """Training FLOPs of one fit's epoch: forward + backward ~ 3 forwards of each pair, by each of its models."""
+    return 3 * forward_flops(cfg.variant, **cfg.model_options()) * cfg.ensemble * pairs_per_epoch
 
 
 def epoch_time(result):
-    return statistics.median(result.epoch_seconds[1:] or result.epoch_seconds)  # first epoch warms up
+    """A fit's s/epoch as pairs records it (`epoch_seconds`, per fit when stacked): the median, the first epoch
+    left out (it warms up)."""
+    return statistics.median(result.epoch_seconds[1:] or result.epoch_seconds)
 
 
-def data(p, n):
+@functools.cache
+def study_pairs():
+    return pair_sets(1000, seed=2021)
+
+
+def data(n):
+    p = study_pairs()
     return FitData(p.train_input[:n], p.train_target[:n], p.train_classes[:n], p.test_input, p.test_target)
 
 
-def measure(device, epochs, rounds, folds, final_rounds, batches):
-    p = pair_sets(1000, seed=2021)
-    n_train = 1000 - 1000 // folds
-    rows = {}
+def measure(device, epochs):
+    rows, k = {}, FULL.search_rounds * FULL.folds
     for variant in VARIANTS:  # (1) alone, at the study's batch size
-        arch = parse(variant)[0]
-        r = fit(FitConfig(variant, STUDY_BATCH[arch][0], epochs), data(p, 1000), seed=1, device=device)
-        rows[("alone", variant, STUDY_BATCH[arch][0])] = (epoch_time(r), 1000, 1)
-    for arch in ("ConvNet", "MLP"):  # alone at every grid batch size, for the one-at-a-time baseline
-        for b in batches:
-            r = fit(FitConfig(arch, b, epochs), data(p, n_train), seed=1, device=device)
-            rows[("alone, search", arch, b)] = (epoch_time(r), n_train, 1)
-            k = rounds * folds  # (2) a search cell, stacked
-            r = fit_many(FitConfig(arch, b, epochs), [data(p, n_train)] * k, list(range(k)), device=device)
-            rows[("search", arch, b)] = (epoch_time(r[0]), n_train, k)
-    for variant in VARIANTS:  # (2) a variant's final rounds, stacked
         b = STUDY_BATCH[parse(variant)[0]][0]
-        r = fit_many(FitConfig(variant, b, epochs), [data(p, 1000)] * final_rounds, list(range(final_rounds)),
-                     device=device)
-        rows[("final", variant, b)] = (epoch_time(r[0]), 1000, final_rounds)
-    return rows, n_train
+        rows[("alone", variant, b)] = (epoch_time(fit(FitConfig(variant, b, epochs), data(1000), 1, device=device)),
+                                       1000, 1)
+    for arch in ("ConvNet", "MLP"):  # alone at every grid batch size, for the one-at-a-time baseline
+        for b in FULL.batch_sizes:
+            cfg = FitConfig(arch, b, epochs)
+            rows[("alone, search", arch, b)] = (epoch_time(fit(cfg, data(N_TRAIN), 1, device=device)), N_TRAIN, 1)
+            r = fit_many(cfg, [data(N_TRAIN)] * k, list(range(k)), device=device)  # (2) a search cell, stacked
+            rows[("search", arch, b)] = (epoch_time(r[0]), N_TRAIN, k)
+    for variant in VARIANTS:  # (2) a variant's final rounds, stacked
+        b, n = STUDY_BATCH[parse(variant)[0]][0], FULL.final_rounds
+        r = fit_many(FitConfig(variant, b, epochs), [data(1000)] * n, list(range(n)), device=device)
+        rows[("final", variant, b)] = (epoch_time(r[0]), 1000, n)
+    return rows
 
 
-def extrapolate(rows, grid_epochs, rounds, folds, final_rounds, batches):
+def extrapolate(rows):
     """Training seconds of the full protocol: stacked (as the pipeline runs it) and one model at a time,
     a fresh fit for every epoch count (as the study ran it)."""
-    k = rounds * folds
-    stacked = sum(k * max(grid_epochs) * rows[("search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches)
-    alone = sum(k * e * rows[("alone, search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches for e in grid_epochs)
+    k, grid, batches = FULL.search_rounds * FULL.folds, FULL.epoch_grid, FULL.batch_sizes
+    stacked = sum(k * max(grid) * rows[("search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches)
+    alone = sum(k * e * rows[("alone, search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches for e in grid)
     for v in VARIANTS:
         b, e = STUDY_BATCH[parse(v)[0]]
-        stacked += final_rounds * e * rows[("final", v, b)][0]
-        alone += final_rounds * e * rows[("alone", v, b)][0]
+        stacked += FULL.final_rounds * e * rows[("final", v, b)][0]
+        alone += FULL.final_rounds * e * rows[("alone", v, b)][0]
     return stacked, alone
 
 
@@ -148,13 +170,11 @@ WORKERS = (1, 2, 4, 8, 16, 64)
 def stack_seconds(epochs=2):
     """One-thread seconds per fit-epoch of a unit of s fits (search fits of the full protocol: 900 training pairs),
     per (architecture, batch size) of the full grid and s in STACKS; the last epoch's (the first warms up)."""
-    full, p = PROFILES["full"], pair_sets(1000, seed=2021)
-    n_train = 1000 - 1000 // full.folds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {(a, b, k): fit_many(FitConfig(a, b, epochs), [data(p, n_train)] * k, list(range(k)))[0]
-                .epoch_seconds[-1] for a in full.architectures for b in full.batch_sizes for k in STACKS}  # per fit
+        return {(a, b, k): epoch_time(fit_many(FitConfig(a, b, epochs), [data(N_TRAIN)] * k, list(range(k)))[0])
+                for a in FULL.architectures for b in FULL.batch_sizes for k in STACKS}
     finally:
         torch.set_num_threads(threads)
 
@@ -179,9 +199,9 @@ def dask_comparison(epochs):
     from flows.runner import started as running
     from flows.tasks import train
     from flows.settings import Run
-    full = PROFILES["full"].with_(batch_sizes=(100,), epoch_grid=(epochs,))
-    cells = P.search_groups(full)
-    units = P.split(cells, full.folds)
+    cut = FULL.with_(batch_sizes=(100,), epoch_grid=(epochs,))
+    cells = P.search_groups(cut)
+    units = P.split(cells, cut.folds)
     for g in cells[:1]:  # load the data once, outside the timings
         P.fit_data(g.fits[0])
     def timed(groups, threads):
@@ -204,7 +224,7 @@ def dask_comparison(epochs):
                                           "device": "cpu", "threads": 1}) for g in groups]
         t = time.perf_counter()
         with running(Run(workers=n), []) as runner:  # workers start, import torch, load the data
-            [f.result() for f in submit(runner, P.split(P.search_groups(full.with_(epoch_grid=(1,))), 1)[:n])]
+            [f.result() for f in submit(runner, P.split(P.search_groups(cut.with_(epoch_grid=(1,))), 1)[:n])]
             started = time.perf_counter() - t
             t = time.perf_counter()
             [f.result() for f in submit(runner, units)]
@@ -228,8 +248,6 @@ def asked(trials, slots, workers, overhead):
     """Wall time of an Optuna search keeping `slots` trials per architecture in flight, the next asked as soon as
     one ends (flows.search): `trials` {architecture: [[unit seconds, ...] per trial, in ask order]}; units go to
     free workers in the order they were asked."""
-    import collections
-    import heapq
     now, queue, running, left, asks = 0.0, collections.deque(), [], {}, {a: 0 for a in trials}
 
     def ask(a):
@@ -260,7 +278,7 @@ def scaling(m, stacks, extended_records=None):
     the final rounds). Unit seconds: one thread, from `stacks` at the unit's size; the extended study's recorded
     seconds (2 threads, in the stacks it ran in) scaled by the measured 1-thread/2-thread ratio and the stack-size
     ratio of its architecture's plain model."""
-    full, extra = PROFILES["full"], m["task_overhead"]
+    extra = m["task_overhead"]
     ratio = m["one_thread_work"] / m["units_here"]  # one thread's seconds per second of this process's threads
 
     def units(n, chunk, each):  # `each(k)`: seconds of one fit in a unit of k
@@ -268,9 +286,9 @@ def scaling(m, stacks, extended_records=None):
         return [each(min(k, n - i)) * min(k, n - i) for i in range(0, n, k)]
 
     def full_stages(chunk):
-        search = [d for a in full.architectures for b in full.batch_sizes for d in units(
-            full.search_rounds * full.folds, chunk, lambda k, a=a, b=b: per_fit(stacks, a, b, k) * max(full.epoch_grid))]
-        final = [d for v in VARIANTS for d in units(full.final_rounds, chunk, lambda k, v=v: per_fit(
+        search = [d for a in FULL.architectures for b in FULL.batch_sizes for d in units(
+            FULL.search_rounds * FULL.folds, chunk, lambda k, a=a, b=b: per_fit(stacks, a, b, k) * max(FULL.epoch_grid))]
+        final = [d for v in VARIANTS for d in units(FULL.final_rounds, chunk, lambda k, v=v: per_fit(
             stacks, parse(v)[0], STUDY_BATCH[parse(v)[0]][0], k) * STUDY_BATCH[parse(v)[0]][1])]
         return search, final
 
@@ -344,12 +362,15 @@ def dask_lines(epochs):
 LEVERS = ("<!-- levers: python benchmarks/bench.py --levers -->", "<!-- /levers -->")
 
 
-def _unfold_conv(mods, device):
-    """A stacked Conv2d as unfold + one batched matmul per fit (the lever measured against grouped convolution)."""
-    import torch.nn.functional as F
+def relu_not_in_place(mods, device):
+    """ReLU writing a new tensor (the lever measured against the pipeline's in-place ReLU)."""
+    return None, lambda h, M, train: h.relu(), [], None
 
-    from pairs import stacked
-    layout, conv, params, back = stacked._conv(mods, device)
+
+def unfold_conv(mods, device):
+    """A stacked Conv2d as unfold + one batched matmul per group (the lever measured against grouped convolution):
+    grouped_conv's stacked parameters and write-back, another op."""
+    layout, _, params, back = grouped_conv(mods, device)
     w, b = params
     first = mods[0]
 
@@ -363,19 +384,35 @@ def _unfold_conv(mods, device):
             out = out + b.view(M, 1, -1)
         Ho = (H + 2 * first.padding[0] - first.dilation[0] * (first.kernel_size[0] - 1) - 1) // first.stride[0] + 1
         return out.view(M, G, Ho, -1, first.out_channels).permute(1, 0, 4, 2, 3).reshape(
-            G, M * first.out_channels, Ho, -1).contiguous(memory_format=stacked.IMAGE_FORMAT)
+            G, M * first.out_channels, Ho, -1).contiguous(memory_format=torch.channels_last)  # the pipeline's layout
     return layout, op, params, back
 
 
-def _fits_per_second(args):
-    """(in a process of its own) seconds per fit-epoch of `k` fits trained stacked on one thread."""
-    cfg, k, epochs = args
-    torch.set_num_threads(1)
-    p = pair_sets(1000, seed=2021)
-    fit_many(replace(cfg, epochs=1), [data(p, 900)] * k, list(range(k)))  # warm-up
-    t = time.perf_counter()
-    fit_many(replace(cfg, epochs=epochs), [data(p, 900)] * k, list(range(k)))
-    return (time.perf_counter() - t) / (k * epochs)
+def compiled(models, device, backend="inductor"):
+    """A Stacked whose forward is torch.compile'd (static shapes)."""
+    stack = Stacked(models, device)
+    stack.forward = torch.compile(stack.forward, dynamic=False, backend=backend)
+    return stack
+
+
+# way -> (what builds each block, for fit_many's `stack`; the config's changes)
+WAYS = {"the pipeline's way (grouped convolution, channels-last, float32, 2 threads)": (Stacked, {}),
+        "ReLU not in place (before this commit)": (functools.partial(Stacked, layers=LAYERS | {
+            nn.ReLU: relu_not_in_place}), {}),
+        "NCHW layout instead of channels-last": (functools.partial(Stacked, image_format=torch.contiguous_format), {}),
+        "convolution as unfold + batched matmul": (functools.partial(Stacked, layers=LAYERS | {
+            nn.Conv2d: unfold_conv}), {}),
+        "torch.compile of the stacked forward (inductor)": (compiled, {}),
+        "bf16 autocast (precision = bfloat16)": (Stacked, {"precision": "bfloat16"})}
+TWO = "two processes of one thread, half the fits each, at once"
+
+
+def lever_time(cfg, k, epochs, stack=Stacked, threads=None):
+    """Per-fit s/epoch (`epoch_time`) of k search fits trained stacked, each block built by `stack`."""
+    torch.compiler.reset()  # a compiled forward starts afresh in every cell
+    if threads:  # (in a process of its own)
+        torch.set_num_threads(threads)
+    return epoch_time(fit_many(replace(cfg, epochs=epochs), [data(N_TRAIN)] * k, list(range(k)), stack=stack)[0])
 
 
 def lever_cells(k):
@@ -392,54 +429,14 @@ def lever_cells(k):
 def levers(ceiling, epochs=4, k=20):
     """Per-fit s/epoch of k stacked search fits (900 training pairs) as the pipeline trains them, and with each
     lever; ratios to the pipeline's way, all in this run. Returns the section's lines."""
-    import contextlib
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from torch import nn
-
-    from pairs import stacked
-    p = pair_sets(1000, seed=2021)
-
-    def seconds(cfg, n):
-        r = fit_many(replace(cfg, epochs=epochs), [data(p, 900)] * n, list(range(n)))
-        return statistics.median(r[0].epoch_seconds[1:])
-
-    @contextlib.contextmanager
-    def patched(obj, name, value):
-        before = getattr(obj, name)
-        setattr(obj, name, value)
-        try:
-            yield
-        finally:
-            setattr(obj, name, before)
-
-    def compiled():
-        torch._dynamo.reset()
-        return patched(stacked.Stacked, "forward", torch.compile(stacked.Stacked.forward, dynamic=False))
-
-    ways = {"the pipeline's way (grouped convolution, channels-last, float32, 2 threads)": contextlib.nullcontext,
-            "ReLU not in place (before this commit)": lambda: patched(stacked, "LAYERS", stacked.LAYERS | {
-                nn.ReLU: lambda mods, device: (None, lambda h, M, train: h.relu(), [], None)}),
-            "NCHW layout instead of channels-last": lambda: patched(stacked, "IMAGE_FORMAT", torch.contiguous_format),
-            "convolution as unfold + batched matmul": lambda: patched(stacked, "LAYERS", stacked.LAYERS | {
-                nn.Conv2d: _unfold_conv}),
-            "torch.compile of the stacked forward (inductor)": compiled,
-            "bf16 autocast (precision = bfloat16)": "bfloat16"}
     cells = lever_cells(k)
-    rows = {}
-    for name, way in ways.items():
-        for cell, cfg, n in cells:
-            if way == "bfloat16":
-                rows[(name, cell)] = seconds(replace(cfg, precision="bfloat16"), n)
-                continue
-            with way():
-                rows[(name, cell)] = seconds(cfg, n)
-    name = "two processes of one thread, half the fits each, at once"
+    rows = {(way, cell): lever_time(replace(cfg, **changes), n, epochs, stack)
+            for way, (stack, changes) in WAYS.items() for cell, cfg, n in cells}
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for cell, cfg, n in cells:
-            rows[(name, cell)] = max(pool.map(_fits_per_second, [(cfg, n // 2, epochs)] * 2)) / 2
-    base = next(iter(ways))
+        for cell, cfg, n in cells:  # both at once: the slower one's time for half the fits
+            halves = [pool.submit(lever_time, cfg, n // 2, epochs, threads=1) for _ in range(2)]
+            rows[(TWO, cell)] = max(h.result() for h in halves) / 2
+    base = next(iter(WAYS))
     lines = [LEVERS[0], "## Levers (CPU, measured)", "",
              f"- Machine: {describe_machine(torch.device('cpu'))}; float32 matmul ceiling **{ceiling:.0f} GFLOP/s** "
              "in this run",
@@ -448,11 +445,11 @@ def levers(ceiling, epochs=4, k=20):
              f"epochs 2-{epochs}; per-fit s/epoch, its GFLOP/s (training FLOPs counted from the model) and its ratio to "
              "the pipeline's way in the same cell.", "",
              "| way | " + " | ".join(c for c, *_ in cells) + " |", "|---|" + "---|" * len(cells)]
-    for way in [*ways, name]:
+    for way in [*WAYS, TWO]:
         text = []
         for cell, cfg, n in cells:
             t = rows[(way, cell)]
-            g = 3 * forward_flops(cfg.variant, **cfg.model_options()) * cfg.ensemble * 900 / t / 1e9
+            g = train_flops(cfg, N_TRAIN) / t / 1e9
             text.append(f"{1000 * t:.1f} ms, {g:.0f} GFLOP/s ({100 * g / ceiling:.0f}%)" + (
                 "" if way == base else f", {rows[(base, cell)] / t:.2f}x"))
         lines.append(f"| {way} | " + " | ".join(text) + " |")
@@ -498,13 +495,13 @@ def cpu_model(machine):
     return machine.split(" cores (", 1)[1].split("), torch", 1)[0]
 
 
-def write_section(out, lines, markers=LIMITS):
-    """A section (its lines start and end with `markers`) into `out`, in place of the one there (or at its end)."""
-    text = out.read_text() if out.exists() else ""
+def write_section(out, lines):
+    """A section (its first and last lines are its markers) into `out`, in place of the one there (or at its end)."""
+    text, (start, end) = out.read_text() if out.exists() else "", (lines[0], lines[-1])
     section = "\n".join(lines)
-    if markers[0] in text:
-        head, rest = text.split(markers[0], 1)
-        text = head + section + rest.split(markers[1], 1)[1]
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     out.write_text(text)
@@ -528,27 +525,17 @@ def main(argv):
     ap.add_argument("--scaling", action="store_true", help="only measure (6) and write the Dask section into --out")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
-    if args.levers:
-        lines = levers(matmul_gflops(device))
-        write_section(args.out, lines, LEVERS)
-        print("\n".join(lines))
-        return 0
-    if args.scaling:
-        lines = dask_lines(args.dask_epochs)
-        write_section(args.out, lines, SCALING)
-        print("\n".join(lines))
-        return 0
-    if args.limits:
-        lines = limits(matmul_gflops(device), describe_machine(device), folders=PUBLISHED + tuple(args.also))
+    if args.levers or args.scaling or args.limits:  # one section, written in place of its old one
+        lines = (levers(matmul_gflops(device)) if args.levers else dask_lines(args.dask_epochs) if args.scaling else
+                 limits(matmul_gflops(device), describe_machine(device), folders=PUBLISHED + tuple(args.also)))
         write_section(args.out, lines)
         print("\n".join(lines))
         return 0
-    full = PROFILES["full"]
-    rounds, folds, final_rounds, batches = full.search_rounds, full.folds, full.final_rounds, full.batch_sizes
     started = time.perf_counter()
     ceiling = matmul_gflops(device)
-    rows, n_train = measure(device, args.epochs, rounds, folds, final_rounds, batches)
-    stacked, alone = extrapolate(rows, full.epoch_grid, rounds, folds, final_rounds, batches)
+    rows = measure(device, args.epochs)
+    stacked, alone = extrapolate(rows)
+    batches = FULL.batch_sizes
 
     lines = [f"# Benchmarks ({device.type})", "",
              f"- Machine: {describe_machine(device)}",
@@ -558,22 +545,23 @@ def main(argv):
              "| what | variant | batch | fits stacked | s/epoch per fit | GFLOP/s | % of matmul | study s/epoch |",
              "|---|---|---|---|---|---|---|---|"]
     for (what, v, b), (s, n, k) in rows.items():
-        g = train_flops(v, n) / s / 1e9
+        g = train_flops(FitConfig(v), n) / s / 1e9
         lines.append(f"| {what} | {v} | {b} | {k} | {s:.4f} | {g:.1f} | {100 * g / ceiling:.0f}% | "
                      f"{STUDY.s_per_epoch[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
     lines += ["", "## The full protocol (training time extrapolated from the measured groups)", "",
-              f"Search: 2 architectures x {len(batches)} batch sizes x {rounds * folds} fits x {max(full.epoch_grid)} "
-              f"epochs, scored at {list(full.epoch_grid)}; final: 8 variants x {final_rounds} rounds at the study's "
+              f"Search: 2 architectures x {len(batches)} batch sizes x {FULL.search_rounds * FULL.folds} fits x "
+              f"{max(FULL.epoch_grid)} epochs, scored at {list(FULL.epoch_grid)}; final: 8 variants x "
+              f"{FULL.final_rounds} rounds at the study's "
               f"final settings ({', '.join(f'{a} {b}/{e}' for a, (b, e) in STUDY_BATCH.items())}).", "",
               f"- one model at a time, a fresh fit per epoch count (the study's way): **{alone:.0f} s**",
               f"- stacked, every epoch count scored from one fit (the pipeline): **{stacked:.0f} s**",
               f"- speed-up: **{alone / stacked:.1f}x**"]
-    cconv = [train_flops("ConvNet", n_train) / rows[("search", "ConvNet", b)][0] / 1e9 for b in batches]
+    cconv = [train_flops(FitConfig("ConvNet"), N_TRAIN) / rows[("search", "ConvNet", b)][0] / 1e9 for b in batches]
     lines.append(f"- ConvNet search fits reach {min(cconv):.0f}-{max(cconv):.0f} GFLOP/s = "
                  f"{100 * min(cconv) / ceiling:.0f}-{100 * max(cconv) / ceiling:.0f}% of the matmul ceiling")
     if not args.no_pipeline:
         per_fit = tracking_cost()
-        n_fits = sum(full.fits())
+        n_fits = sum(FULL.fits())
         overhead = prefect_overhead(len(batches) * 2 * 2 + len(VARIANTS) * 2 + 1)
         quick = quick_profile_wall()
         wall = stacked + overhead
@@ -586,14 +574,12 @@ def main(argv):
                   f"- quick profile, `python -m flows --profile quick`, fresh store and cache: **{quick:.0f} s** "
                   "(measured)",
                   f"- full profile: **{wall / 60:.1f} min** (extrapolated: stacked training + Prefect overhead; "
-                  "MLflow overlaps training)"]
-    if not args.no_pipeline:
-        lines += dask_lines(args.dask_epochs)
+                  "MLflow overlaps training)", *dask_lines(args.dask_epochs)]
     if args.full:
         t = time.perf_counter()
-        search = [r for g in P.search_groups(full) for r in P.train_group(g, device=device)[0]]
+        search = [r for g in P.search_groups(FULL) for r in P.train_group(g, device=device)[0]]
         chosen = choose(search_table(search))
-        final = [r for g in P.final_groups(full, chosen) for r in P.train_group(g, device=device)[0]]
+        final = [r for g in P.final_groups(FULL, chosen) for r in P.train_group(g, device=device)[0]]
         took = time.perf_counter() - t
         table = {r["variant"]: r for r in final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",

@@ -8,15 +8,15 @@ stacked branches (2k, or k with weight sharing) in channels-last layout, Linear 
 applied as it is, Dropout draws each group's mask from that fit's own module. A layer it does not know is an error, never skipped. On CPU this is 2-3x faster per fit than vmap over functional_call, whose convolutions and
 poolings fall back to slow NCHW kernels. Each tensor is a leaf whose slice k belongs to fit k alone:
 Adam, being elementwise, treats every fit exactly as if it were alone.
+
+Two levers are parameters of `Stacked`, their defaults the pipeline's way: `layers` (module type -> compiler, LAYERS)
+and `image_format` (channels-last). benchmarks/bench.py measures the alternatives (`--levers`).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .models import CompareDigits, Dropout, compare_digits, dropout_mask
-
-IMAGE_FORMAT = torch.channels_last  # the image layers' layout (NCHW: 1.2-1.5x slower on a 2-core Xeon, bench --levers)
-
 
 def _leaf(t, device):
     return t.to(device).contiguous().requires_grad_()
@@ -32,7 +32,9 @@ def _back(mods, pairs):
     return write
 
 
-def _conv(mods, device):
+def grouped_conv(mods, device):
+    """Conv2d: one grouped convolution over the M stacked groups (public: a caller's own convolution, passed in
+    `layers`, can build on its stacked parameters and write-back)."""
     first = mods[0]
     w = _leaf(torch.stack([m.weight.detach() for m in mods]).flatten(0, 1), device)  # (M*out, in, kh, kw)
     b = _leaf(torch.stack([m.bias.detach() for m in mods]).flatten(), device) if first.bias is not None else None
@@ -103,19 +105,19 @@ def _flatten(mods, device):
 
 
 # module type -> compiler: (layout it needs, op(h, M, train), its stacked parameters, write-back or None)
-LAYERS = {nn.Conv2d: _conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten,
+LAYERS = {nn.Conv2d: grouped_conv, nn.Linear: _linear, nn.MaxPool2d: _pool, nn.ReLU: _relu, nn.Flatten: _flatten,
           nn.BatchNorm2d: _batch_norm, nn.BatchNorm1d: _batch_norm, CompareDigits: _compare, Dropout: _dropout}
 
 
-def compile_stack(seqs, where, device):
+def compile_stack(seqs, where, device, layers=LAYERS):
     """The layers of equal nn.Sequentials `seqs` (one per stacked group) as a list of (layout, op), their
-    stacked parameters and the functions that write them back into the modules."""
+    stacked parameters and the functions that write them back into the modules; `layers`: module type -> compiler."""
     ops, params, backs = [], [], []
     for i, mod in enumerate(seqs[0]):
-        make = LAYERS.get(type(mod))
+        make = layers.get(type(mod))
         if make is None:
             raise TypeError(f"pairs.stacked cannot stack layer {i} of the {where} ({type(mod).__name__}); "
-                            f"supported: {', '.join(t.__name__ for t in LAYERS)}. Add it to pairs.stacked.LAYERS.")
+                            f"supported: {', '.join(t.__name__ for t in layers)}. Add it to pairs.stacked.LAYERS.")
         layout, op, ps, back = make([s[i] for s in seqs], device)
         ops.append((layout, op))
         params += [p for p in ps if p is not None]
@@ -123,12 +125,12 @@ def compile_stack(seqs, where, device):
     return ops, params, backs
 
 
-def run_stack(ops, h, M, train=True):
-    """h: (M, G, ...) per group -> (M, G, features). Image layers run on (G, M*C, H, W), channels last."""
+def run_stack(ops, h, M, train=True, image_format=torch.channels_last):
+    """h: (M, G, ...) per group -> (M, G, features). Image layers run on (G, M*C, H, W) in `image_format`."""
     image = False
     for layout, op in ops:
         if layout == "image" and not image:  # (M, G, H, W): M groups of G one-channel images
-            h, image = h.transpose(0, 1).contiguous(memory_format=IMAGE_FORMAT), True
+            h, image = h.transpose(0, 1).contiguous(memory_format=image_format), True
         if layout == "rows" and image:
             raise TypeError("pairs.stacked: a layer on flat features follows an image layer without a Flatten")
         if layout == "flatten":  # to (M, G, C*H*W) in PyTorch's (C, H, W) order
@@ -140,14 +142,19 @@ def run_stack(ops, h, M, train=True):
 
 
 class Stacked:
-    def __init__(self, models, device):
+    """k models of one variant as stacked tensors. Levers (the defaults are the pipeline's way): `layers`, module
+    type -> compiler; `image_format`, the image layers' layout (NCHW: 1.2-1.5x slower on a 2-core Xeon, bench
+    --levers)."""
+
+    def __init__(self, models, device, layers=LAYERS, image_format=torch.channels_last):
         m0 = models[0]
         self.k, self.shared = len(models), m0.branch1 is m0.branch2
         # per fit: its branches in image order (one when shared); M = k x branches
         branches = [b for m in models for b in ([m.branch1] if self.shared else [m.branch1, m.branch2])]
-        self.branch, branch_params, branch_backs = compile_stack(branches, "digit branch", device)
-        self.head, head_params, head_backs = compile_stack([m.head for m in models], "comparison head", device)
+        self.branch, branch_params, branch_backs = compile_stack(branches, "digit branch", device, layers)
+        self.head, head_params, head_backs = compile_stack([m.head for m in models], "comparison head", device, layers)
         self._params, self._backs, self.models = branch_params + head_params, branch_backs + head_backs, models
+        self.image_format = image_format
 
     def parameters(self):
         return self._params
@@ -164,5 +171,6 @@ class Stacked:
         per = 1 if self.shared else 2
         # (k, B, 2, ...) -> groups M = k*per, each with G = B*2/per images: (M, G, 14, 14)
         h = x.permute(0, 2, 1, 3, 4).reshape(k * per, B * 2 // per, *x.shape[3:])
-        digits = run_stack(self.branch, h, k * per, train).reshape(k, 2, B, -1).transpose(1, 2)  # (k, B, 2, 10)
+        digits = run_stack(self.branch, h, k * per, train, self.image_format)
+        digits = digits.reshape(k, 2, B, -1).transpose(1, 2)  # (k, B, 2, 10)
         return run_stack(self.head, digits.reshape(k, B, -1), k, train), digits

@@ -217,13 +217,14 @@ def default_block(variant, batch_size, device):
     return max(1, 400 // (2 * batch_size)) if variant.startswith("ConvNet") else 64
 
 
-def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoch=None, keep=False):
+def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoch=None, keep=False, stack=Stacked):
     """Train len(seeds) fits of one config as one stacked computation; fit k gets datas[k] and seeds[k]
     (an ensemble fit: its members, each with datas[k], stacked beside each other).
 
     Models are stacked in blocks of `block` (one forward/backward each) and share one Adam step.
     `on_epoch(epoch, epochs)`, if given, is called after every epoch (progress reporting; it may raise to stop).
-    keep: each result's `model` is the trained fit as a PairsClassifier (on the CPU)."""
+    keep: each result's `model` is the trained fit as a PairsClassifier (on the CPU).
+    stack(models, device): a block's stacked computation (Stacked; the benchmark passes Stacked with its levers)."""
     if len(datas) != len(seeds) or not seeds:
         raise ValueError("fit_many needs one FitData per seed, and at least one")
     device = resolve_device(device)
@@ -234,7 +235,7 @@ def fit_many(cfg, datas, seeds, score_at=None, device="cpu", block=None, on_epoc
     models = [init_model(cfg.variant, s, **cfg.model_options()) for s in seeds]
     K = len(models)
     slices = [slice(j, min(j + block, K)) for j in range(0, K, block)]
-    nets = [Stacked(models[sl], device) for sl in slices]
+    nets = [stack(models[sl], device) for sl in slices]
     opt = optimizer(cfg, [p for net in nets for p in net.parameters()], fused=True)  # one kernel
 
     prepared = [_prepare(d, cfg.normalize) for d in datas]

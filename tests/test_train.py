@@ -1,4 +1,5 @@
 import math
+import os
 import time
 
 import pytest
@@ -7,6 +8,28 @@ import torch
 from pairs.data import kfold
 from pairs.config import FitConfig
 from pairs.train import FitData, _losses, fit, fit_many, init_model
+
+
+DEVICE = os.environ.get("PAIRS_TEST_DEVICE", "cpu")  # `make gpu-check`: cuda
+
+
+def stacked_equals_plain(cfg, datas, seeds, device="cpu", block=None, score_at=None, rel=1e-3, atol=1e-4, pairs=2):
+    """The oracle, for every test of a fast path: `fit_many`'s fits against `fit` one at a time (same data, same
+    seeds) on `device`, in strict float32 (cuDNN's TF32 convolutions round to 10 bits and would drift apart over
+    epochs). Equal parameter counts, the three losses within rel/atol every epoch, train and eval errors within
+    `pairs` borderline pairs at every scored epoch. Returns (stacked, alone) for a test's own checks."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        stacked = fit_many(cfg, datas, seeds, score_at=score_at, device=device, block=block)
+        alone = [fit(cfg, data, seed, score_at=score_at, device=device) for data, seed in zip(datas, seeds)]
+    for data, one, many in zip(datas, alone, stacked):
+        assert one.param_count == many.param_count
+        for attr in ("train_loss", "main_loss", "aux_loss"):
+            assert getattr(many, attr) == pytest.approx(getattr(one, attr), rel=rel, abs=atol), attr
+        assert many.train_error.keys() == one.train_error.keys() == set(score_at or (cfg.epochs,))
+        for e in one.train_error:
+            assert abs(many.train_error[e] - one.train_error[e]) <= pairs / len(data.train_target)
+            assert abs(many.eval_error[e] - one.eval_error[e]) <= pairs / len(data.eval_target)
+    return stacked, alone
 
 
 def fold_data(p, k=4, n=200):
@@ -39,19 +62,10 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
                                            ("ConvNet_WS_AL", 3), ("MLP", 3), ("MLP_WS", None), ("MLP_AL", 3),
                                            ("MLP_WS_AL", None)])
 def test_stacked_training_equals_one_at_a_time(pairs_1000, variant, block):
-    cfg = FitConfig(variant, batch_size=50, epochs=3)
-    datas, seeds = fold_data(pairs_1000), [101, 102, 103, 104]
-    stacked = fit_many(cfg, datas, seeds, score_at=(2, 3), block=block)  # block 3: a full and a partial block
-    for data, seed, many in zip(datas, seeds, stacked):
-        one = fit(cfg, data, seed, score_at=(2, 3))
-        assert one.param_count == many.param_count
-        for attr in ("train_loss", "main_loss", "aux_loss"):
-            # raw 0..255 inputs: float summation order drifts the ConvNet_AL losses by ~1e-4 over 3 epochs
-            assert getattr(many, attr) == pytest.approx(getattr(one, attr), rel=1e-3, abs=1e-5)
-        assert many.train_error.keys() == one.train_error.keys() == {2, 3}
-        for e in (2, 3):
-            assert abs(many.train_error[e] - one.train_error[e]) <= 2 / 150  # at most a borderline pair
-            assert abs(many.eval_error[e] - one.eval_error[e]) <= 2 / 50
+    # block 3: a full and a partial block; raw 0..255 inputs: float summation order drifts the ConvNet_AL losses by
+    # ~1e-4 over 3 epochs
+    stacked_equals_plain(FitConfig(variant, batch_size=50, epochs=3), fold_data(pairs_1000), [101, 102, 103, 104],
+                         block=block, score_at=(2, 3), atol=1e-5)
 
 
 def test_a_diverging_fit_does_not_disturb_the_others(pairs_1000):
@@ -99,18 +113,9 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 
 
 def test_stacked_equals_plain_on_the_test_device(pairs_1000):
-    """The path --device cuda takes (all fits of a group in one block); PAIRS_TEST_DEVICE=cuda runs it on a GPU,
-    in strict float32 (cuDNN's TF32 convolutions round to 10 bits and would drift apart over epochs)."""
-    import os
-    device = os.environ.get("PAIRS_TEST_DEVICE", "cpu")
-    cfg = FitConfig("ConvNet_AL", batch_size=25, epochs=2)
-    datas, seeds = fold_data(pairs_1000), [5, 6, 7, 8]
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-        stacked = fit_many(cfg, datas, seeds, device=device, block=len(seeds))
-        alone = [fit(cfg, data, seed, device=device) for data, seed in zip(datas, seeds)]
-    for one, many in zip(alone, stacked):
-        assert many.train_loss == pytest.approx(one.train_loss, rel=1e-3, abs=1e-4)
-        assert abs(many.eval_error[2] - one.eval_error[2]) <= 2 / 50
+    """The path --device cuda takes (all fits of a group in one block); PAIRS_TEST_DEVICE=cuda runs it on a GPU."""
+    stacked_equals_plain(FitConfig("ConvNet_AL", batch_size=25, epochs=2), fold_data(pairs_1000), [5, 6, 7, 8],
+                         device=DEVICE, block=4)
 
 
 def test_models_initialised_in_threads_at_once_are_those_initialised_one_by_one():
