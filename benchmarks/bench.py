@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pairs import protocol as P
+from pairs.groups import final_groups, fit_counts, fit_data, search_groups, split, train_group
+from pairs.protocol import FitRecord, Protocol
+from pairs.report import load_records
 from pairs import published
-from pairs import report as R
 from pairs.config import FitConfig
 from pairs.data import data_root, pair_sets
 from pairs.machine import describe_machine, matmul_gflops, resolve_device
-from pairs.models import VARIANTS, forward_flops, parse
+from pairs.models import VARIANTS, architecture, forward_flops
 from pairs.protocol import PROFILES
 from pairs.selection import choose, final_table, search_table
 from pairs.stacked import LAYERS, Stacked, grouped_conv
@@ -52,8 +53,8 @@ from pairs.train import FitData, fit, fit_many
 
 FULL = PROFILES["full"]
 N_TRAIN = 1000 - 1000 // FULL.folds  # a search fit's training pairs
-STUDY = published.table("table2").set_index("variant")
-STUDY_BATCH = {parse(v)[0]: (int(r.batch_size), int(r.epochs)) for v, r in STUDY.iterrows()}  # its final (batch, epochs)
+PAPER = published.table("table2").set_index("variant")
+PAPER_FINAL = {architecture(v): (int(r.batch_size), int(r.epochs)) for v, r in PAPER.iterrows()}  # its final (batch, epochs)
 
 
 def train_flops(cfg, pairs_per_epoch):
@@ -80,7 +81,7 @@ def data(n):
 def measure(device, epochs):
     rows, k = {}, FULL.search_rounds * FULL.folds
     for variant in VARIANTS:  # (1) alone, at the study's batch size
-        b = STUDY_BATCH[parse(variant)[0]][0]
+        b = PAPER_FINAL[architecture(variant)][0]
         rows[("alone", variant, b)] = (epoch_time(fit(FitConfig(variant, b, epochs), data(1000), 1, device=device)),
                                        1000, 1)
     for arch in ("ConvNet", "MLP"):  # alone at every grid batch size, for the one-at-a-time baseline
@@ -90,7 +91,7 @@ def measure(device, epochs):
             r = fit_many(cfg, [data(N_TRAIN)] * k, list(range(k)), device=device)  # (2) a search cell, stacked
             rows[("search", arch, b)] = (epoch_time(r[0]), N_TRAIN, k)
     for variant in VARIANTS:  # (2) a variant's final rounds, stacked
-        b, n = STUDY_BATCH[parse(variant)[0]][0], FULL.final_rounds
+        b, n = PAPER_FINAL[architecture(variant)][0], FULL.final_rounds
         r = fit_many(FitConfig(variant, b, epochs), [data(1000)] * n, list(range(n)), device=device)
         rows[("final", variant, b)] = (epoch_time(r[0]), 1000, n)
     return rows
@@ -103,7 +104,7 @@ def extrapolate(rows):
     stacked = sum(k * max(grid) * rows[("search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches)
     alone = sum(k * e * rows[("alone, search", a, b)][0] for a in ("ConvNet", "MLP") for b in batches for e in grid)
     for v in VARIANTS:
-        b, e = STUDY_BATCH[parse(v)[0]]
+        b, e = PAPER_FINAL[architecture(v)]
         stacked += FULL.final_rounds * e * rows[("final", v, b)][0]
         alone += FULL.final_rounds * e * rows[("alone", v, b)][0]
     return stacked, alone
@@ -114,8 +115,8 @@ def tracking_cost(n_fits=100, epochs=50):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
     from flows.tracking import Tracker
     tracker = Tracker("bench", run_name="bench")
-    fits = P.search_groups(P.Protocol(search_rounds=n_fits // 10, epoch_grid=(epochs // 2, epochs)))[0].fits
-    recs = [P.FitRecord(**vars(f), train_loss=(0.5,) * epochs, main_loss=(0.4,) * epochs, aux_loss=(0.1,) * epochs,
+    fits = search_groups(Protocol(search_rounds=n_fits // 10, epoch_grid=(epochs // 2, epochs)))[0].fits
+    recs = [FitRecord(**vars(f), train_loss=(0.5,) * epochs, main_loss=(0.4,) * epochs, aux_loss=(0.1,) * epochs,
                         scores=((epochs // 2, 0.01, 0.2), (epochs, 0.0, 0.19)), param_count=144684, s_per_epoch=0.1)
             for f in fits]
     parent = tracker.child("search")
@@ -200,16 +201,16 @@ def dask_comparison(epochs):
     from flows.tasks import train
     from flows.settings import Run
     cut = FULL.with_(batch_sizes=(100,), epoch_grid=(epochs,))
-    cells = P.search_groups(cut)
-    units = P.split(cells, cut.folds)
+    cells = search_groups(cut)
+    units = split(cells, cut.folds)
     for g in cells[:1]:  # load the data once, outside the timings
-        P.fit_data(g.fits[0])
+        fit_data(g.fits[0])
     def timed(groups, threads):
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         t = time.perf_counter()
         for g in groups:
-            P.train_group(g)
+            train_group(g)
         torch.set_num_threads(before)
         return time.perf_counter() - t
     threads = torch.get_num_threads()
@@ -224,7 +225,7 @@ def dask_comparison(epochs):
                                           "device": "cpu", "threads": 1}) for g in groups]
         t = time.perf_counter()
         with running(Run(workers=n), []) as runner:  # workers start, import torch, load the data
-            [f.result() for f in submit(runner, P.split(P.search_groups(cut.with_(epoch_grid=(1,))), 1)[:n])]
+            [f.result() for f in submit(runner, split(search_groups(cut.with_(epoch_grid=(1,))), 1)[:n])]
             started = time.perf_counter() - t
             t = time.perf_counter()
             [f.result() for f in submit(runner, units)]
@@ -289,7 +290,7 @@ def scaling(m, stacks, extended_records=None):
         search = [d for a in FULL.architectures for b in FULL.batch_sizes for d in units(
             FULL.search_rounds * FULL.folds, chunk, lambda k, a=a, b=b: per_fit(stacks, a, b, k) * max(FULL.epoch_grid))]
         final = [d for v in VARIANTS for d in units(FULL.final_rounds, chunk, lambda k, v=v: per_fit(
-            stacks, parse(v)[0], STUDY_BATCH[parse(v)[0]][0], k) * STUDY_BATCH[parse(v)[0]][1])]
+            stacks, architecture(v), PAPER_FINAL[architecture(v)][0], k) * PAPER_FINAL[architecture(v)][1])]
         return search, final
 
     out = {"full study": {c: {w: m["cluster_start"] + sum(makespan([d + extra for d in s], w) for s in full_stages(c))
@@ -301,7 +302,7 @@ def scaling(m, stacks, extended_records=None):
             groups.setdefault((r.stage, r.variant, r.config), []).append(r)
 
         def seconds(rs, chunk):  # one thread, in units of `chunk` fits
-            a, b, m_ = parse(rs[0].variant)[0], rs[0].config.batch_size, rs[0].config.ensemble
+            a, b, m_ = architecture(rs[0].variant), rs[0].config.batch_size, rs[0].config.ensemble
             ran = per_fit(stacks, a, b, len(rs) * m_)
             return units(len(rs), chunk, lambda k: statistics.mean(r.s_per_epoch * r.config.epochs for r in rs)
                          * ratio * per_fit(stacks, a, b, k * m_) / ran)
@@ -310,7 +311,7 @@ def scaling(m, stacks, extended_records=None):
             trials = {}
             for (stage, v, _), rs in groups.items():
                 if stage == "search":
-                    trials.setdefault(parse(v)[0], []).append([d + extra for d in seconds(rs, chunk)])
+                    trials.setdefault(architecture(v), []).append([d + extra for d in seconds(rs, chunk)])
             final = [d + extra for (stage, *_), rs in groups.items() if stage == "final" for d in seconds(rs, chunk)]
             slots = max(4, -(-w // len(trials)))
             return m["cluster_start"] + asked(trials, slots, w, 0.0) + makespan(final, w)
@@ -323,7 +324,7 @@ def dask_lines(epochs):
     m, stacks = dask_comparison(epochs), stack_seconds()
     extended = Path(__file__).resolve().parent.parent / "docs" / "results" / "extended"
     records = [r for name in ("search_fits.json", "final_fits.json") if (extended / name).exists()
-               for r in R.load_records(extended / name)]
+               for r in load_records(extended / name)]
     table, longest = scaling(m, stacks, records)
     chunk = lambda c: "whole groups" if c is None else f"`--chunk {c}`"
     lines = [SCALING[0], "## More machines: Dask workers (CPU, measured, then simulated)", "",
@@ -476,7 +477,7 @@ def limits(ceiling, machine, root=Path(__file__).resolve().parent.parent, folder
              "|---|---|---|---|---|---|---|"]
     for folder in folders:
         paths = [records_in(root / folder, name) for name in ("search_fits.json", "final_fits.json")]
-        records = [r for path in paths if path for r in R.load_records(path)]
+        records = [r for path in paths if path for r in load_records(path)]
         meta = json.loads((root / folder / "run.json").read_text())["meta"]
         flops, wall = sum(r.train_flops for r in records), float(meta["wall_time"].split()[0])
         theirs, own = cpu_model(meta["machine"]), meta.get("ceiling_gflops")
@@ -547,12 +548,12 @@ def main(argv):
     for (what, v, b), (s, n, k) in rows.items():
         g = train_flops(FitConfig(v), n) / s / 1e9
         lines.append(f"| {what} | {v} | {b} | {k} | {s:.4f} | {g:.1f} | {100 * g / ceiling:.0f}% | "
-                     f"{STUDY.s_per_epoch[v] if what == 'alone' and b == STUDY_BATCH[parse(v)[0]][0] else ''} |")
+                     f"{PAPER.s_per_epoch[v] if what == 'alone' and b == PAPER_FINAL[architecture(v)][0] else ''} |")
     lines += ["", "## The full protocol (training time extrapolated from the measured groups)", "",
               f"Search: 2 architectures x {len(batches)} batch sizes x {FULL.search_rounds * FULL.folds} fits x "
               f"{max(FULL.epoch_grid)} epochs, scored at {list(FULL.epoch_grid)}; final: 8 variants x "
               f"{FULL.final_rounds} rounds at the study's "
-              f"final settings ({', '.join(f'{a} {b}/{e}' for a, (b, e) in STUDY_BATCH.items())}).", "",
+              f"final settings ({', '.join(f'{a} {b}/{e}' for a, (b, e) in PAPER_FINAL.items())}).", "",
               f"- one model at a time, a fresh fit per epoch count (the study's way): **{alone:.0f} s**",
               f"- stacked, every epoch count scored from one fit (the pipeline): **{stacked:.0f} s**",
               f"- speed-up: **{alone / stacked:.1f}x**"]
@@ -561,7 +562,7 @@ def main(argv):
                  f"{100 * min(cconv) / ceiling:.0f}-{100 * max(cconv) / ceiling:.0f}% of the matmul ceiling")
     if not args.no_pipeline:
         per_fit = tracking_cost()
-        n_fits = sum(FULL.fits())
+        n_fits = sum(fit_counts(FULL))
         overhead = prefect_overhead(len(batches) * 2 * 2 + len(VARIANTS) * 2 + 1)
         quick = quick_profile_wall()
         wall = stacked + overhead
@@ -577,9 +578,9 @@ def main(argv):
                   "MLflow overlaps training)", *dask_lines(args.dask_epochs)]
     if args.full:
         t = time.perf_counter()
-        search = [r for g in P.search_groups(FULL) for r in P.train_group(g, device=device)[0]]
+        search = [r for g in search_groups(FULL) for r in train_group(g, device=device)[0]]
         chosen = choose(search_table(search))
-        final = [r for g in P.final_groups(FULL, chosen) for r in P.train_group(g, device=device)[0]]
+        final = [r for g in final_groups(FULL, chosen) for r in train_group(g, device=device)[0]]
         took = time.perf_counter() - t
         table = {r["variant"]: r for r in final_table(final)}
         lines += ["", "## The full protocol, trained once (measured)", "",

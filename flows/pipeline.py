@@ -13,7 +13,8 @@ from pathlib import Path
 from prefect import flow
 
 from pairs import arms
-from pairs import protocol as protocols
+from pairs.groups import arm_groups, final_groups
+from pairs.protocol import Context
 from pairs import report as reports
 from pairs.data import data_root
 from pairs.machine import resolve_device
@@ -56,29 +57,29 @@ def pipeline(**settings):
         print(f"[device] auto: {call.device}", flush=True)
     with runs_ended(tracker, call.logging), running(run, call.submitted) as call.runner:
         link_prefect(tracker)
-        call.context = protocols.Context(prepare_data(call.root), code_version(), call.device)
+        call.context = Context(prepare_data(call.root), code_version(), call.device)
         tracker.log_params(tracker.run_id, pipeline_params(protocol, run.profile, study, call.context))
         if run.until == "prepare":
             return result(tracker, run)
 
         if study.arms:  # no search: the arms' final rounds, on the same rounds
-            final = Final(protocols.arm_groups(protocol, study.arms), arms=True)
+            final = Final(arm_groups(protocol, study.arms), arms=True)
             records = stage(final, call, Progress(final.groups))
             if run.until != "final":
                 write_artifacts(tracker, tracker.run_id, "the report", writer(
                     call, None, lambda out, meta: arms.report(records, study, protocol, out, meta)))
             return result(tracker, run)
 
-        search_groups, guessed = planned(protocol, study, run)
-        progress = Progress(search_groups + guessed)
-        search = stage(OptunaSearch(call) if study.method == "optuna" else Groups(search_groups), call, progress)
+        searched, guessed = planned(protocol, study, run)
+        progress = Progress(searched + guessed)
+        search = stage(OptunaSearch(call) if study.method == "optuna" else Groups(searched), call, progress)
         selection = select(search)
         tracker.log_params(tracker.run_id, selection_params(selection, study.final))
         print(f"[select] { {a: c.as_dict() for a, c in selection.items()} }", flush=True)
         if run.until == "search":
             return result(tracker, run, selection)
 
-        final = Final(protocols.final_groups(protocol, {a: c.with_options(study.final) for a, c in selection.items()}))
+        final = Final(final_groups(protocol, {a: c.with_options(study.final) for a, c in selection.items()}))
         progress.plan(final.groups, guessed)
         stage(final, call, progress)
         publish_table2(final.table, tracker)

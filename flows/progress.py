@@ -2,7 +2,8 @@
 group and, while one trains, every PROGRESS_EVERY seconds. They go to the console and the flow run's logs."""
 import time
 
-from pairs.protocol import final_groups, search_groups, selection_of
+from pairs.groups import final_groups, search_groups
+from pairs.protocol import selection_of
 
 PROGRESS_EVERY = 20  # seconds between progress lines while a group trains
 

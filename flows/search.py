@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pairs import protocol as protocols
+from pairs.groups import search_groups
 from pairs import report as reports
 from pairs.data import derive_seed
 from pairs.models import architecture
@@ -56,13 +56,13 @@ class OptunaSearch:
                                           load_if_exists=True, direction="minimize", sampler=sampler(a, 0))
                    for a in protocol.architectures}
         slots = max(study.in_flight, -(-workers(call.runner) // len(optunas)))
-        typical = protocols.search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
+        typical = search_groups(protocol, [study.typical()])  # in the totals until a trial is asked
         records, flying = {}, []
 
         def ask(a, number, candidate, tell):
             name = f"trial {a} {number}"
             trial_run = call.tracker.trial_run(name, f"{optunas[a].study_name}/{number}", run_id, candidate)
-            groups = protocols.search_groups(protocol, [candidate])
+            groups = search_groups(protocol, [candidate])
             progress.plan(groups, [g for g in typical if architecture(g.fits[0].variant) == a])
             flying.append((a, number, candidate, tell, name, trial_run, submit(groups, trial_run, call, progress)))
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from pairs import protocol, tables
 from pairs import report as reports
+from pairs.groups import split
 from pairs.protocol import FitRecord
 from pairs.studies import Study
 
@@ -103,7 +104,7 @@ def submit(groups, parents, call, progress):
     """The groups' parts (`run.chunk` fits each, or whole) submitted to the call's runner, to be logged under
     `parents` (a run id, or one per group): [(part, parent, future)]."""
     parents = [parents] * len(groups) if isinstance(parents, str) else parents
-    parts = [(part, parent) for g, parent in zip(groups, parents) for part in protocol.split([g], call.run.chunk)]
+    parts = [(part, parent) for g, parent in zip(groups, parents) for part in split([g], call.run.chunk)]
     far = remote(call.runner)
     if far:  # epochs trained on workers come back as Dask events: progress lines here
         call.labels.update((g.label, g) for g, _ in parts)

@@ -19,7 +19,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
-from pairs import protocol
+from pairs import groups, protocol
 from pairs.selection import choose, search_table
 from pairs.data import DataError, check_mnist, ensure_mnist, mnist_fingerprint
 from pairs.machine import resolve_device
@@ -32,12 +32,12 @@ from .tracking import RunsEnded
 CACHED = dict(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["group"].key(p["context"])) + TASK_SOURCE,
               persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=5,
               retry_condition_fn=retry_unless_stopping)
-TRAINING_CODE = ("config.py", "data.py", "models.py", "protocol.py", "stacked.py", "train.py")
+TRAINING_CODE = ("config.py", "data.py", "groups.py", "models.py", "protocol.py", "stacked.py", "train.py")
 
 
 def code_version(package=Path(protocol.__file__).parent):
-    """SHA-256 over the library's modules that train (config, data, models, protocol, stacked, train): an edit in one
-    changes every fit's key; the report, statistics and study-file modules do not."""
+    """SHA-256 over the library's modules that train (TRAINING_CODE): an edit in one changes every fit's key; the
+    report, statistics and study-file modules do not."""
     h = hashlib.sha256()
     for name in TRAINING_CODE:
         h.update(name.encode() + (package / name).read_bytes())
@@ -72,7 +72,7 @@ def train(group, context, root, device, on_epoch=None, threads=None, fail_first=
                 resolve_device(device)
             except (DataError, RuntimeError) as e:
                 raise RuntimeError(f"on Dask worker {socket.gethostname()} (pid {os.getpid()}): {e}") from None
-        records, models, example = protocol.train_group(group, root, device, on_epoch)
+        records, models, example = groups.train_group(group, root, device, on_epoch)
         return {"records": [r.to_json() for r in records], "models": [pack_model(m) for m in models],
                 "example": None if example is None else example.tolist()}
     except Exception as e:

@@ -23,7 +23,9 @@ def resolve_device(device="cpu"):
 
 
 def matmul_gflops(device, n=2048, reps=10):
-    """The practical float32 ceiling of `device`: GFLOP/s of a 2048x2048 matmul, the median of `reps`."""
+    """The practical float32 ceiling of `device`: GFLOP/s of a 2048x2048 matmul, the median of `reps`. Timed here,
+    not with torch.utils.benchmark: importing it on a machine without CUDA prints a CUDA_HOME warning at the end
+    of every full pipeline call (it imports torch.utils.cpp_extension)."""
     g = torch.Generator(device=device).manual_seed(0)  # (the global generator is left as it is)
     a, b = (torch.randn(n, n, device=device, generator=g) for _ in range(2))
     a @ b

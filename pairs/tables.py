@@ -8,7 +8,8 @@ import pandas as pd
 
 from . import claims, published
 from .models import architecture
-from .protocol import final_groups, options_text, selection_of
+from .groups import final_groups
+from .protocol import options_text, selection_of
 from .selection import final_table, groupby, search_table
 from .stats import DIVERGED_MIN_EPOCHS, diverged, mean_std, paired
 

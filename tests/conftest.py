@@ -59,12 +59,13 @@ def recorded_quick(machine):
 @pytest.fixture(scope="session")
 def quick_records(data_dir):
     """The quick profile trained here, in this session, through the library alone: (selection, records)."""
-    from pairs import protocol as P
-    q = P.PROFILES["quick"]
-    search = [r for g in P.search_groups(q) for r in P.train_group(g, data_dir)[0]]
+    from pairs.groups import final_groups, search_groups, train_group
+    from pairs.protocol import PROFILES
     from pairs.selection import choose, search_table
+    q = PROFILES["quick"]
+    search = [r for g in search_groups(q) for r in train_group(g, data_dir)[0]]
     selection = choose(search_table(search))
-    return selection, search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, data_dir)[0]]
+    return selection, search + [r for g in final_groups(q, selection) for r in train_group(g, data_dir)[0]]
 
 
 def _serve(cmd, health, log, env, what):
@@ -157,8 +158,8 @@ def store(tmp_path, monkeypatch):
 def failing(monkeypatch, match, times=99):
     """A fault for tests: the library's train_group raises for a group holding a fit that `match(fit)` accepts, on
     its first `times` attempts. Returns the labels of the groups' attempts, in order."""
-    from pairs import protocol as P
-    attempts, real = [], P.train_group
+    import pairs.groups
+    attempts, real = [], pairs.groups.train_group
 
     def train_group(group, *args, **kwargs):
         if any(match(f) for f in group.fits):
@@ -166,7 +167,7 @@ def failing(monkeypatch, match, times=99):
             if len(attempts) <= times:
                 raise RuntimeError(f"injected failure, attempt {len(attempts)} of {times}")
         return real(group, *args, **kwargs)
-    monkeypatch.setattr(P, "train_group", train_group)
+    monkeypatch.setattr(pairs.groups, "train_group", train_group)
     return attempts
 
 
@@ -203,7 +204,7 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
 
     from flows import pipeline as flow_module
     from flows import progress
-    from pairs import protocol as P
+    import pairs.groups
     folder = tmp_path_factory.mktemp("quick")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
@@ -215,7 +216,7 @@ def quick_run(prefect_env, data_dir, tmp_path_factory):
         first = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="quick")
         fits_after_first = len(fit_runs(client, "quick"))
         trained = []  # groups the second call trains: none, every one comes from the cache
-        mp.setattr(P, "train_group", lambda group, *a, _real=P.train_group, **k: trained.append(group.label) or
+        mp.setattr(pairs.groups, "train_group", lambda group, *a, _real=pairs.groups.train_group, **k: trained.append(group.label) or
                    _real(group, *a, **k))
         second = flow_module.pipeline(profile="quick", data_dir=data_dir, experiment="quick")
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pairs.models import VARIANTS
+from pairs.groups import fit_counts
 from pairs.protocol import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def test_make_run_is_one_run_tree_under_the_run_mlflow_opened(made):
     assert "" not in top[0].data.params.values()  # only the settings given or with a default of their own
     assert re.fullmatch(r"pipeline quick seed 0 \d\d-\d\d \d\d:\d\d:\d\d", top[0].info.run_name)  # not mlflow's random
     fits = [r for r in runs if r.data.tags.get("pairs.kind") == "fit"]
-    assert len(fits) == sum(PROFILES["quick"].fits()) and {r.data.params["aux_weight"] for r in fits} == {"0.5"}
+    assert len(fits) == sum(fit_counts(PROFILES["quick"])) and {r.data.params["aux_weight"] for r in fits} == {"0.5"}
 
 
 def test_make_run_ends_saying_where_to_look_and_registers_a_smoke_version(made):

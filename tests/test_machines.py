@@ -19,7 +19,8 @@ import pytest
 
 from flows.preflight import preflight
 from flows.settings import validate
-from pairs import protocol as P
+from pairs.groups import fit_counts, search_groups
+from pairs.protocol import FitRecord, PROFILES
 
 BIN = Path(sys.executable).parent
 
@@ -103,7 +104,7 @@ def records_of(client, run_id, tmp):
     """The fit records the pipeline logged (search, then final), fetched back through the tracking server."""
     stages = {r.data.tags["pairs.stage"]: r.info.run_id for r in client.search_runs(
         [client.get_run(run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")}
-    return [P.FitRecord.from_json(d) for s in ("search", "final") for d in json.loads(Path(
+    return [FitRecord.from_json(d) for s in ("search", "final") for d in json.loads(Path(
         client.download_artifacts(stages[s], f"{s}_fits.json", str(tmp))).read_text())]
 
 
@@ -131,7 +132,7 @@ def assert_fits_logged_once(client, experiment, out):
     odd = [(r.info.run_name, r.info.status) for r in runs
            if r.info.status != "FINISHED" or done[r.data.tags["pairs.fit_key"]] > 1]
     said = [ln for ln in out.splitlines() if "Retry" in ln or "failed" in ln or "rror" in ln]
-    assert len(done) == sum(P.PROFILES["quick"].fits()) and set(done.values()) == {1}, (len(done), odd, said[:20])
+    assert len(done) == sum(fit_counts(PROFILES["quick"])) and set(done.values()) == {1}, (len(done), odd, said[:20])
 
 
 def open_runs(api, kind="task_runs"):
@@ -294,6 +295,6 @@ def test_a_cluster_needs_a_prefect_server(data_dir, monkeypatch):
 
 def test_a_worker_without_the_data_says_which_worker(tmp_path):
     from flows.tasks import train
-    group = P.search_groups(P.PROFILES["quick"])[0]
+    group = search_groups(PROFILES["quick"])[0]
     with pytest.raises(RuntimeError, match=f"on Dask worker {socket.gethostname()} .*{tmp_path}"):
         train.fn(group, (), str(tmp_path), "cpu", threads=1)

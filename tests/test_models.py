@@ -62,15 +62,17 @@ def test_forward_flops_are_those_of_every_convolution_and_linear_layer(name, opt
 
 
 def test_a_fits_training_flops_count_its_pairs_epochs_and_members():
-    from pairs import protocol as P
+    from pairs.groups import final_groups, search_groups
+    from pairs.protocol import FitRecord, PROFILES, fold_size, selection_of
+    from pairs.config import FitConfig
     from pairs.models import forward_flops
-    q = P.PROFILES["quick"]
-    chosen = P.selection_of({a: {"batch_size": 25, "epochs": 3} for a in ("ConvNet", "MLP")})
-    search, final = P.search_groups(q)[0].fits[0], P.final_groups(q, chosen)[0].fits[0]
-    record = lambda fit, **cfg: P.FitRecord(**{**vars(fit), "config": P.FitConfig(**{**vars(fit.config), **cfg})},  # noqa: E731
+    q = PROFILES["quick"]
+    chosen = selection_of({a: {"batch_size": 25, "epochs": 3} for a in ("ConvNet", "MLP")})
+    search, final = search_groups(q)[0].fits[0], final_groups(q, chosen)[0].fits[0]
+    record = lambda fit, **cfg: FitRecord(**{**vars(fit), "config": FitConfig(**{**vars(fit.config), **cfg})},  # noqa: E731
                                             train_loss=(), main_loss=(), aux_loss=(), scores=(), param_count=0,
                                             s_per_epoch=0.0)
     per_pair = forward_flops("ConvNet")
     assert record(final).train_flops == 3 * per_pair * q.pairs * 3
-    assert record(search).train_flops == 3 * per_pair * (q.pairs - P.fold_size(search)) * search.config.epochs
+    assert record(search).train_flops == 3 * per_pair * (q.pairs - fold_size(search)) * search.config.epochs
     assert record(final, ensemble=3).train_flops == 3 * record(final).train_flops

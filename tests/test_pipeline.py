@@ -12,13 +12,13 @@ from flows import pipeline as flow_module
 from flows import tasks
 from flows.lifetime import signal_behind
 from flows.pipeline import pipeline
-from pairs import protocol as P
-from pairs.protocol import PROFILES
+from pairs.groups import fit_counts, search_groups
+from pairs.protocol import PROFILES, Context, FitRecord
 
-CONTEXT = P.Context("mnist", "code", "cpu")  # a fit's context, made up
+CONTEXT = Context("mnist", "code", "cpu")  # a fit's context, made up
 
 QUICK = PROFILES["quick"]
-N_SEARCH, N_FINAL = QUICK.fits()
+N_SEARCH, N_FINAL = fit_counts(QUICK)
 FIT_PARAMS = {"variant", "architecture", "weight_sharing", "aux_loss", "aux_weight", "batch_size", "epochs", "lr",
               "seed", "round", "stage"}
 
@@ -168,10 +168,10 @@ def test_code_version_sees_any_edit_of_the_training_code_and_only_that(tmp_path)
         (pkg / name).write_text((pkg / name).read_text() + "\n# edit\n")
         assert tasks.code_version(pkg) != v0
         v0 = tasks.code_version(pkg)
-    # every module that training reaches (pairs.protocol.train_group and what it imports, within pairs) is in the
+    # every module that training reaches (pairs.groups.train_group and what it imports, within pairs) is in the
     # version, but the machine probe (which device, not what a fit computes): a module split off must not fall out
     import ast
-    reached, todo = set(), ["protocol.py"]
+    reached, todo = set(), ["groups.py"]
     while todo:
         name = todo.pop()
         reached.add(name)
@@ -306,8 +306,8 @@ def test_signals_held_take_effect_as_the_block_ends():
 
 def a_record():
     """A search fit of the quick profile with made-up results."""
-    fit = P.search_groups(P.PROFILES["quick"])[0].fits[0]
-    return P.FitRecord(**{f.name: getattr(fit, f.name) for f in fields(fit)}, train_loss=(0.5,), main_loss=(0.5,),
+    fit = search_groups(PROFILES["quick"])[0].fits[0]
+    return FitRecord(**{f.name: getattr(fit, f.name) for f in fields(fit)}, train_loss=(0.5,), main_loss=(0.5,),
                        aux_loss=(), scores=((1, 0.1, 0.2),), param_count=1, s_per_epoch=0.1)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pairs import protocol as P
+from pairs.groups import Group, final_groups, fit_counts, search_groups, split, train_group
+from pairs.protocol import FitRecord, PROFILES, Protocol, selection_of
 from pairs.models import PairNet
 from pairs.stacked import Stacked
 from pairs.config import FitConfig
@@ -75,7 +76,7 @@ def test_another_cpu_models_records_fail_the_exact_check_and_pass_the_loose_one(
 
 def test_records_round_trip_through_json(quick_records):
     records = quick_records[1]
-    back = [P.FitRecord.from_json(json.loads(json.dumps(r.to_json()))) for r in records]
+    back = [FitRecord.from_json(json.loads(json.dumps(r.to_json()))) for r in records]
     assert back == records
     assert [b.key(("ctx",)) for b in back] == [r.key(("ctx",)) for r in records]
     final = records[-1]
@@ -83,7 +84,7 @@ def test_records_round_trip_through_json(quick_records):
 
 
 def test_a_fit_key_names_everything_that_changes_a_fit():
-    fit = P.search_groups(P.PROFILES["quick"])[0].fits[0]
+    fit = search_groups(PROFILES["quick"])[0].fits[0]
     key = fit.key(("mnist", "code", "cpu"))
     assert fit.key(("mnist", "code", "cpu")) == key and len(key) == 32
     changed = [replace(fit, config=replace(fit.config, aux_weight=0.5)), replace(fit, seed=fit.seed + 1),
@@ -91,17 +92,17 @@ def test_a_fit_key_names_everything_that_changes_a_fit():
     assert len({c.key(("mnist", "code", "cpu")) for c in changed} | {key}) == len(changed) + 1
     assert fit.key(("mnist", "edited code", "cpu")) != key
     assert replace(fit, config=replace(fit.config, aux_weight=1)).key(("mnist", "code", "cpu")) == key  # 1 is 1.0
-    assert P.Group((fit,), "an arm").key() == P.Group((fit,)).key()  # names and labels are not identity
+    assert Group((fit,), "an arm").key() == Group((fit,)).key()  # names and labels are not identity
 
 
 def test_groups_list_every_unit_once_and_search_never_touches_test_pairs():
-    q = P.PROFILES["quick"]
-    search = P.search_groups(q)
+    q = PROFILES["quick"]
+    search = search_groups(q)
     assert len(search) == len(q.architectures) * len(q.batch_sizes)
     fits = [f for g in search for f in g.fits]
-    assert len(fits) == P.PROFILES["quick"].fits()[0] == len({f.key() for f in fits})
+    assert len(fits) == fit_counts(PROFILES["quick"])[0] == len({f.key() for f in fits})
     assert all(f.fold is not None for f in fits)  # search fits are scored on folds of the training pairs
-    final = P.final_groups(q, P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}}))
+    final = final_groups(q, selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}}))
     assert [g.label for g in final] == [f"final {v}" for v in q.variants]
     assert {f.config.epochs for f in final[-1].fits} == {3} and final[-1].fits[0].score_at == (3,)
     assert len({g.key() for g in search + final}) == len(search) + len(final)
@@ -123,17 +124,17 @@ def test_a_group_in_parts_holds_its_fits_and_trains_each_the_same(data_dir):
     in the losses: a stack's size can change how a kernel splits its sums over threads (here: ConvNet_WS_AL's
     grouped convolutions, one ulp)."""
     from flows.stages import fits_label
-    q = P.PROFILES["quick"].with_(search_rounds=3)
-    whole = P.search_groups(q)
-    parts = P.split(whole, 4)  # 9 fits a cell: 4, 4 and 1
+    q = PROFILES["quick"].with_(search_rounds=3)
+    whole = search_groups(q)
+    parts = split(whole, 4)  # 9 fits a cell: 4, 4 and 1
     assert [f for g in whole for f in g.fits] == [f for g in parts for f in g.fits] and len(parts) == 3 * len(whole)
     assert parts[2].label == "search ConvNet batch 25 fits 9-9 of 9" and fits_label(parts[2]) == whole[0].label
-    assert P.split(whole) == P.split(whole, 9) == whole
-    final = P.final_groups(q, P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 3},
+    assert split(whole) == split(whole, 9) == whole
+    final = final_groups(q, selection_of({"ConvNet": {"batch_size": 25, "epochs": 3},
                                               "MLP": {"batch_size": 25, "epochs": 2}}))[3]  # ConvNet_WS_AL
-    one_by_one = [r for g in P.split([final], 1) for r in P.train_group(g, data_dir)[0]]
+    one_by_one = [r for g in split([final], 1) for r in train_group(g, data_dir)[0]]
     losses = ("train_loss", "main_loss", "aux_loss")
-    for r, whole_r in zip(one_by_one, P.train_group(final, data_dir)[0], strict=True):
+    for r, whole_r in zip(one_by_one, train_group(final, data_dir)[0], strict=True):
         assert replace(r, s_per_epoch=0, **{k: () for k in losses}) == replace(
             whole_r, s_per_epoch=0, **{k: () for k in losses})
         for k in losses:
@@ -159,30 +160,30 @@ def test_an_unsupported_layer_is_a_clear_error():
 
 
 def test_fit_config_takes_the_training_options_of_a_protocol():
-    p = P.Protocol(aux_weight=0.25, normalize=True)
+    p = Protocol(aux_weight=0.25, normalize=True)
     cfg = FitConfig("MLP_AL", 25, 3, **p.training())
     assert (cfg.aux_weight, cfg.normalize, cfg.lr) == (0.25, True, 1e-3)
     with pytest.raises(ValueError, match="lr must be positive"):
-        P.Protocol(lr=0.0)
+        Protocol(lr=0.0)
 
 
 def test_with_a_schedule_each_epoch_count_is_a_fit_of_its_own():
-    q = P.PROFILES["quick"].with_(schedule="onecycle")
-    groups = P.search_groups(q)
+    q = PROFILES["quick"].with_(schedule="onecycle")
+    groups = search_groups(q)
     assert len(groups) == len(q.architectures) * len(q.batch_sizes) * len(q.epoch_grid)
     assert {g.fits[0].score_at for g in groups} == {(e,) for e in q.epoch_grid}
     assert all(f.config.epochs == f.score_at[0] for g in groups for f in g.fits)
-    assert sum(len(g.fits) for g in groups) == q.fits()[0]
+    assert sum(len(g.fits) for g in groups) == fit_counts(q)[0]
     assert groups[0].label == "search ConvNet batch 25 epochs 2 schedule=onecycle"
 
 
 def test_final_seed_draws_other_final_rounds_and_unset_keeps_the_old_ones():
     """final_seed is the final rounds' own base: unset, the rounds (pairs and seeds) are the base seed's, as before it
     existed; set, every round draws other pairs and seeds, and the search is untouched."""
-    q = P.PROFILES["quick"]
-    choice = P.selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}})
-    ids = lambda p: [(f.seed, f.data_seed) for g in P.final_groups(p, choice) for f in g.fits]  # noqa: E731
+    q = PROFILES["quick"]
+    choice = selection_of({"ConvNet": {"batch_size": 25, "epochs": 2}, "MLP": {"batch_size": 50, "epochs": 3}})
+    ids = lambda p: [(f.seed, f.data_seed) for g in final_groups(p, choice) for f in g.fits]  # noqa: E731
     assert ids(q) == ids(q.with_(final_seed=q.seed))
     assert not set(ids(q)) & set(ids(q.with_(final_seed=1)))
-    assert [f.key() for g in P.search_groups(q.with_(final_seed=1)) for f in g.fits] == [
-        f.key() for g in P.search_groups(q) for f in g.fits]
+    assert [f.key() for g in search_groups(q.with_(final_seed=1)) for f in g.fits] == [
+        f.key() for g in search_groups(q) for f in g.fits]

@@ -14,11 +14,12 @@ import pytest
 
 from conftest import all_runs
 from pairs.data import MNIST_FILES
+from pairs.groups import fit_counts
 from pairs.protocol import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--profile", "quick"]
-N_FITS = sum(PROFILES["quick"].fits())
+N_FITS = sum(fit_counts(PROFILES["quick"]))
 
 
 def env_for(tmp_path, data_dir, api, name="store", results="results"):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pairs import protocol as P
+from pairs.groups import final_groups, search_groups, train_group
+from pairs.protocol import Context, FitRecord, PROFILES
 from pairs.selection import choose, search_table
 
-CONTEXT = P.Context("mnist", "code", "cpu")  # a fit's context, made up
+CONTEXT = Context("mnist", "code", "cpu")  # a fit's context, made up
 
 from conftest import _port, _serve
 from test_machines import assert_same_as_in_process, records_of
@@ -57,10 +58,10 @@ def server(request, tmp_path_factory):
 @functools.cache
 def alone(seed, root):
     """The records the pipeline of `seed` logs, trained here by the library: search, selection, final."""
-    q = P.PROFILES["quick"].with_(seed=seed, **SMALL)
-    search = [r for g in P.search_groups(q) for r in P.train_group(g, root)[0]]
+    q = PROFILES["quick"].with_(seed=seed, **SMALL)
+    search = [r for g in search_groups(q) for r in train_group(g, root)[0]]
     selection = choose(search_table(search))
-    return search + [r for g in P.final_groups(q, selection) for r in P.train_group(g, root)[0]]
+    return search + [r for g in final_groups(q, selection) for r in train_group(g, root)[0]]
 
 
 @pytest.mark.slow
@@ -114,8 +115,8 @@ def test_five_pipelines_at_once_log_every_fit_once(server, prefect_server, data_
 def made_up(n):
     """n search fits of the quick profile (one cell's rounds and folds) with made-up results of 50 epochs."""
     from dataclasses import fields
-    fits = [f for g in P.search_groups(P.PROFILES["quick"]) for f in g.fits][:n]
-    return [P.FitRecord(**{f.name: getattr(fit, f.name) for f in fields(fit)}, train_loss=tuple(
+    fits = [f for g in search_groups(PROFILES["quick"]) for f in g.fits][:n]
+    return [FitRecord(**{f.name: getattr(fit, f.name) for f in fields(fit)}, train_loss=tuple(
         0.7 / (e + 1) for e in range(50)), main_loss=(), aux_loss=(), scores=((25, 0.1, 0.2), (50, 0.05, 0.18)),
         param_count=1, s_per_epoch=0.1) for fit in fits]
 

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from pairs import protocol as P
+from pairs.groups import arm_groups, final_groups, search_groups, train_group
+from pairs.data import pair_sets
+import pairs.groups
 from pairs.selection import choose, search_table
 from pairs import studies
 from pairs.protocol import PROFILES
@@ -25,7 +27,7 @@ def test_the_al_gap_study_varies_one_cause_at_a_time_then_together():
     assert first == {"ConvNet": {"batch_size": 100, "epochs": 50}, "MLP": {"batch_size": 25, "epochs": 50}}
     assert dict(study.arms)["standardised inputs"]["MLP"] == {"batch_size": 25, "epochs": 50, "normalize": True}
     assert study.protocol["variants"] == ("ConvNet_AL", "MLP_AL", "MLP_WS_AL") and study.protocol["final_rounds"] == 20
-    groups = P.arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
+    groups = arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
     assert len(groups) == len(set(g.key() for g in groups)) == len(names) * 3  # no two arms coincide
 
 
@@ -35,7 +37,7 @@ def test_arms_equal_for_a_variant_train_once(tmp_path):
                  'ConvNet = {batch_size = 100, epochs = 50}\nMLP = {batch_size = 25, epochs = 50}\n'
                  '[[arm]]\nname = "b"\nMLP = {epochs = 25}\n[[arm]]\nname = "c"\naux_weight = 1\n')
     study = studies.load(f)
-    groups = P.arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
+    groups = arm_groups(PROFILES["full"].with_(**study.protocol), study.arms)
     # b changes MLP only; c (aux weight 1 = the default 1.0) changes nothing: 2 + 1 groups, not 6
     assert sorted(g.label for g in groups) == ["final ConvNet_AL (a)", "final MLP_AL (a)", "final MLP_AL (b)"]
 
@@ -46,7 +48,7 @@ def test_a_search_space_multiplies_the_grid(tmp_path):
                  'normalize = [false, true]\nhead = ["learned", "digits"]\n')
     study = studies.load(f)
     assert len(study.candidates()) == 4
-    groups = P.search_groups(PROFILES["quick"], study.candidates())
+    groups = search_groups(PROFILES["quick"], study.candidates())
     assert len(groups) == 2 * 2 * 4
     assert groups[4].label == "search ConvNet batch 25 normalize=True"
 
@@ -113,32 +115,32 @@ def test_shuffled_test_targets_change_no_selection(data_dir, monkeypatch):
     candidates = [{"normalize": False}, {"normalize": True}]
 
     def search():
-        P._pair_sets.cache_clear()
-        records = [r for g in P.search_groups(q, candidates) for r in P.train_group(g, data_dir)[0]]
+        pairs.groups._pair_sets.cache_clear()
+        records = [r for g in search_groups(q, candidates) for r in train_group(g, data_dir)[0]]
         return choose(search_table(records)), [r.to_json() for r in records]
 
     honest = search()
     for r in honest[1]:
         r.pop("s_per_epoch")  # wall time, not a result
-    real = P.pair_sets
+    real = pair_sets
 
     def scrambled(n, seed, root):
         p = real(n, seed, root)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return type(p)(p.train_input, p.train_target, p.train_classes, p.test_input,
                        1 - p.test_target[perm], p.test_classes[perm])
-    monkeypatch.setattr(P, "pair_sets", scrambled)
+    monkeypatch.setattr(pairs.groups, "pair_sets", scrambled)
     scrambled_search = search()
     for r in scrambled_search[1]:
         r.pop("s_per_epoch")
     assert scrambled_search == honest
-    P._pair_sets.cache_clear()
+    pairs.groups._pair_sets.cache_clear()
     # the test is able to fail: the final evaluation does read the scrambled targets
-    final = P.train_group(P.final_groups(q, honest[0])[0], data_dir)[0]
-    monkeypatch.setattr(P, "pair_sets", real)
-    P._pair_sets.cache_clear()
+    final = train_group(final_groups(q, honest[0])[0], data_dir)[0]
+    monkeypatch.setattr(pairs.groups, "pair_sets", real)
+    pairs.groups._pair_sets.cache_clear()
     assert [r.eval_error for r in final] != [r.eval_error for r in
-                                             P.train_group(P.final_groups(q, honest[0])[0], data_dir)[0]]
+                                             train_group(final_groups(q, honest[0])[0], data_dir)[0]]
 
 
 TINY = dict(pairs=100, folds=2, final_rounds=2)
