@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairs.data import DataError, MNIST_FILES, _mnist, derive_seed, kfold, pair_sets
+from pairs.data import DataError, MNIST_FILES, _mnist, derive_seed, ensure_mnist, kfold, pair_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,11 +126,11 @@ def test_the_data_step_of_make_test_downloads_or_says_what_to_do(tmp_path):
 
 
 def test_a_folder_holding_the_files_is_used_as_it_is(data_dir, tmp_path, monkeypatch):
+    """ensure_mnist with downloads allowed (the prepare task's data step, and `make test`'s): the files there are
+    checked and used as they are, nothing downloaded or added."""
     from torchvision.datasets import MNIST
-
-    from conftest import fetch_mnist
     _copy_mnist(data_dir, tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     monkeypatch.setattr(MNIST, "download", lambda self: pytest.fail("a download was tried"))
-    assert fetch_mnist(tmp_path) is None
+    ensure_mnist(tmp_path, download=True)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
