@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from pairs.groups import fit_counts
 from pairs.protocol import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 TINY = """description = "A tiny study, run at its own counts: what the registry block needs, in a minute."
@@ -178,11 +176,3 @@ def test_the_comparison_view_shows_the_eight_variants_with_no_clicks(mlflow_serv
     assert shown == sorted(VARIANTS), (shown, text[-2000:])
     assert "test_error_mean" in text and "param_count" in text, text[-2000:]
     assert all(str(int(r.data.metrics["param_count"])) in text for r in rows), text[-3000:]
-
-
-def test_a_report_of_a_run_that_is_not_there_is_one_line(made):
-    repo, env, _ = made
-    out = subprocess.run([str(BIN / "python"), "-m", "flows", "report", "deadbeef"], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and out.stderr.startswith("error: Run with id=deadbeef not found"), out.stderr[-2000:]
-    assert len(out.stderr.strip().splitlines()) == 1 and str(repo / "mlruns" / "mlflow.db") in out.stderr

@@ -1,6 +1,7 @@
 """More machines: the quick profile on a real Dask scheduler and two one-thread workers, reporting to a real
 Prefect server and tracked on a real MLflow server (all on 127.0.0.1), against the in-process run; a worker
-killed mid-run; the scheduler gone and back. Also the clear errors of --cluster/--workers/--chunk."""
+killed mid-run; the scheduler gone and back. (The clear errors of --cluster/--workers/--chunk, and of a worker
+without the data: test_bad_input.)"""
 import json
 import os
 import re
@@ -17,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.preflight import preflight
-from flows.settings import validate
-from pairs.groups import fit_counts, search_groups
+from pairs.groups import fit_counts
 from pairs.protocol import FitRecord, PROFILES
 
 BIN = Path(sys.executable).parent
@@ -270,31 +269,3 @@ def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, da
     keys = [r.data.tags["pairs.fit_key"] for r in client.search_runs([client.get_experiment_by_name(
         "dask-gone").experiment_id], "tags.`pairs.fit_key` != '' AND attributes.status = 'FINISHED'")]
     assert len(keys) == len(set(keys)) == 12  # the MLP search: 2 batch sizes x 2 rounds x 3 folds, each once
-
-
-@pytest.mark.parametrize("flags,message", [
-    (dict(cluster="tcp://127.0.0.1:1", workers=2), "--cluster and --workers exclude each other"),
-    (dict(workers=0), "workers must be a positive integer, got 0"),
-    (dict(chunk=0), "chunk must be a positive integer, got 0"),
-    (dict(cluster="127.0.0.1:8786"), "give the scheduler's address, tcp://HOST:PORT"),
-    (dict(cluster="tcp://127.0.0.1:1"), "the Dask scheduler tcp://127.0.0.1:1 cannot be reached"),
-])
-def test_bad_cluster_settings_fail_before_any_work(data_dir, flags, message):
-    with pytest.raises(ValueError, match=message):
-        preflight(validate(data_dir=data_dir, profile="quick", **flags)[0])
-
-
-def test_a_cluster_needs_a_prefect_server(data_dir, monkeypatch):
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with socket.socket() as s:  # something listening where the scheduler would be
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        with pytest.raises(ValueError, match="--cluster needs a Prefect server .* PREFECT_API_URL="):
-            preflight(validate(data_dir=data_dir, profile="quick", cluster=f"tcp://127.0.0.1:{s.getsockname()[1]}")[0])
-
-
-def test_a_worker_without_the_data_says_which_worker(tmp_path):
-    from flows.tasks import train
-    group = search_groups(PROFILES["quick"])[0]
-    with pytest.raises(RuntimeError, match=f"on Dask worker {socket.gethostname()} .*{tmp_path}"):
-        train.fn(group, (), str(tmp_path), "cpu", threads=1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pairs.models import PARAM_COUNTS, VARIANTS, build, param_count, parse
+from pairs.models import PARAM_COUNTS, VARIANTS, build, param_count
 
 STUDY_PARAMS = {"ConvNet": 144684, "ConvNet_WS": 72458, "ConvNet_AL": 144684, "ConvNet_WS_AL": 72458,
                 "MLP": 171538, "MLP_WS": 86920, "MLP_AL": 171538, "MLP_WS_AL": 86920}
@@ -37,11 +37,6 @@ def test_without_sharing_the_branches_are_distinct(name):
     model = build(name)
     assert model.branch1 is not model.branch2
     assert not any(a is b for a, b in zip(model.branch1.parameters(), model.branch2.parameters()))
-
-
-def test_unknown_variant_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown variant 'CNN'.*ConvNet_WS_AL"):
-        parse("CNN")
 
 
 @pytest.mark.parametrize("options", [{}, {"branch": "large"}, {"batch_norm": True, "head": "digits"}])

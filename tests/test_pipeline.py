@@ -222,17 +222,6 @@ def test_two_runs_beside_each_other(quick_run, tmp_path, monkeypatch):
     assert "nan" not in text and f"n={QUICK.final_rounds} paired rounds, too few for an interval" in text
 
 
-def test_report_of_a_run_that_is_not_a_pipeline_says_so(quick_run, capsys, monkeypatch):
-    """A fit run's id (what the MLflow UI shows first) gets one line naming its pipeline run, not a traceback."""
-    from flows.report import main
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", quick_run["uri"])
-    root = quick_run["first"]["run_id"]
-    fit = next(r for r in fit_runs(quick_run["client"], "quick") if r.data.tags.get("pairs.pipeline_run") == root)
-    assert main([fit.info.run_id]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: run {fit.info.run_id} is a fit run, not a pipeline run: its pipeline run is {root}", err
-
-
 def test_statistics_match_a_direct_computation_on_the_logged_errors(quick_run, tmp_path):
     """statistics.csv against scipy on the test errors as MLflow holds them, per technique and architecture."""
     from scipy import stats

@@ -7,7 +7,6 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import pytest
 import yaml
 
 from flows.__main__ import run_parser
@@ -96,36 +95,6 @@ def test_conda_env_pins_what_pyproject_pins():
     assert sorted(deps) == sorted(p for p in pip if not p.startswith("-e"))
     assert all("==" in d for d in deps)
     assert "python=3.11.7" in conda
-
-
-@pytest.mark.slow
-def test_mlflow_run_leaves_no_run_behind_for_a_refused_command_or_a_report(tmp_path, data_dir):
-    """`-P profile=quik` (argparse refuses it), `-P search_rounds=0` (the checks refuse it), `-e report`: a one-line
-    error or the report, and no run left in the runs list (mlflow run's own run ended and deleted); a run of ours
-    that was there before stays."""
-    import os
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PAIRS_DATA_DIR=data_dir,
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("MLFLOW_RUN_ID", None)
-    client = MlflowClient(uri)
-    kept = client.create_run(client.create_experiment("bad")).info.run_id
-
-    def mlflow_run(*args):
-        return subprocess.run(["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bad",
-                               *args], env=env, capture_output=True, text=True, timeout=300)
-    for args, said in ((["-P", "profile=quik"], "error: argument --profile: invalid choice: 'quik'"),
-                       (["-P", "profile=quick", "-P", "search_rounds=0"],
-                        "error: search_rounds must be a positive integer, got 0"),
-                       (["-e", "report", "-P", "run_id=deadbeef"], "error: Run with id=deadbeef not found")):
-        out = mlflow_run(*args)
-        assert out.returncode != 0 and said in out.stderr, out.stderr[-2000:]
-        exp = client.get_experiment_by_name("bad").experiment_id
-        assert [r.info.run_id for r in client.search_runs([exp])] == [kept], out.stderr[-2000:]
-    deleted = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
-    assert len(deleted) == 3 and {r.info.status for r in deleted} == {"FAILED"}
 
 
 def test_importing_any_module_changes_nothing_in_the_process():

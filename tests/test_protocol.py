@@ -50,16 +50,20 @@ def assert_carries_over(selection, records, fixture):
             assert r[name][0] == pytest.approx(old[name][0], rel=1e-4, abs=1e-6), f"{name} at epoch 1 {where}"
 
 
-@pytest.mark.parametrize("machine,fixture,exact", [
-    ("2 cores (AMD EPYC), torch 2.14.1+cu130, 2 threads, Python 3.11.7", "AMD EPYC", True),
-    ("2 cores (Intel(R) Xeon(R) Processor), torch 2.14.1+cu130, 1 threads, Python 3.11.9", "Intel(R) Xeon(R)", True),
-    ("2 cores (AMD EPYC), GPU NVIDIA H200, torch 2.14.1+cu130, 2 threads, Python 3.11.7", "AMD EPYC", True),
-    ("2 cores (AMD EPYC), torch 2.15.0+cpu, 2 threads, Python 3.11.7", "AMD EPYC", False),
-    ("4 cores (Apple M3), torch 2.14.1, 4 threads, Python 3.11.7", "AMD EPYC", False),
-])
-def test_each_machine_gets_the_fixture_of_its_cpu_model_or_a_loose_check(machine, fixture, exact):
-    recorded, is_exact = recorded_quick(machine)
-    assert (fixture in recorded["machine"], is_exact) == (True, exact)
+def test_the_machine_description_names_the_cpu_model_and_the_torch_build():
+    """What every timing is quoted with (the benchmark and the recorded records read the CPU model back out of it):
+    the cores, the CPU model as /proc/cpuinfo names it, the torch build, its threads and Python."""
+    import os
+    import platform
+    import re
+    from pathlib import Path
+    machine = describe_machine("cpu")
+    found = re.fullmatch(rf"{os.cpu_count()} cores \((.+)\), torch {re.escape(torch.__version__)}, "
+                         rf"{torch.get_num_threads()} threads, Python {re.escape(platform.python_version())}", machine)
+    assert found, machine
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")]
+    assert found.group(1) == (names[0] if names else platform.processor()), machine
 
 
 def test_another_cpu_models_records_fail_the_exact_check_and_pass_the_loose_one():
@@ -152,19 +156,10 @@ def test_stacked_follows_the_model_it_is_built_from():
         torch.testing.assert_close(digits[k], one_digits, rtol=1e-5, atol=1e-5)
 
 
-def test_an_unsupported_layer_is_a_clear_error():
-    model = PairNet("MLP", weight_sharing=True)
-    model.branch1.insert(1, nn.Tanh())
-    with pytest.raises(TypeError, match=r"cannot stack layer 1 of the digit branch \(Tanh\); supported: Conv2d"):
-        Stacked([model], "cpu")
-
-
 def test_fit_config_takes_the_training_options_of_a_protocol():
     p = Protocol(aux_weight=0.25, normalize=True)
     cfg = FitConfig("MLP_AL", 25, 3, **p.training())
     assert (cfg.aux_weight, cfg.normalize, cfg.lr) == (0.25, True, 1e-3)
-    with pytest.raises(ValueError, match="lr must be positive"):
-        Protocol(lr=0.0)
 
 
 def test_with_a_schedule_each_epoch_count_is_a_fit_of_its_own():

@@ -1,4 +1,4 @@
-"""Crashes, signals, retries, bad input and concurrency, with real processes on real stores."""
+"""Crashes, signals, retries and concurrency, with real processes on real stores (bad input: test_bad_input)."""
 import os
 import re
 import signal
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from conftest import all_runs
-from pairs.data import MNIST_FILES
 from pairs.groups import fit_counts
 from pairs.protocol import PROFILES
 
@@ -108,135 +107,9 @@ def test_two_pipelines_on_one_store(prefect_server, data_dir, tmp_path):
     assert len(keys) == len(set(keys)) == 2 * N_FITS
 
 
-def _corrupt(data_dir, tmp_path, name, how):
-    import shutil
-    raw = tmp_path / "mnist" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in MNIST_FILES:
-        if f != name or how != "missing":
-            shutil.copy(f"{data_dir}/MNIST/raw/{f}", raw / f)
-    path = raw / name
-    if how == "truncated":
-        path.write_bytes(path.read_bytes()[:1000])
-    elif how == "magic":
-        path.write_bytes(b"\x00\x00\x08\x01" + path.read_bytes()[4:])
-    elif how == "count":
-        blob = bytearray(path.read_bytes())
-        blob[4:8] = (123).to_bytes(4, "big")
-        path.write_bytes(bytes(blob))
-    return str(tmp_path / "mnist")
-
-
-BAD = [
-    (["--profile", "huge"], "invalid choice: 'huge'"),
-    (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--search-rounds", "0"], "search_rounds must be a positive integer, got 0"),
-    (["--final-rounds", "-3"], "final_rounds must be a positive integer, got -3"),
-    (["--pairs", "0"], "pairs must be a positive integer"),
-    (["--folds", "1"], "folds must be at least 2, got 1"),
-    (["--batch-sizes", "25,500"], "batch size 500 is larger than a fold's training set (200 pairs"),
-    (["--epoch-grid", ","], "expected comma-separated integers, got ','"),
-    (["--batch-sizes", "0"], "batch_sizes must be positive integers, got [0]"),
-    (["--seed", "abc"], "expected integer, got 'abc'"),
-    (["--folds", "2.5"], "expected integer, got '2.5'"),
-    (["--normalize", "maybe"], "expected true or false, got 'maybe'"),
-    (["--variants", "MLP,CNN"], "invalid choice: 'CNN'"),
-    (["--lr", "0"], "lr must be positive"),
-    (["--data-dir", "/nonexistent/mnist"], "data folder /nonexistent/mnist does not exist"),
-    ("empty", "MNIST files missing under"),  # an existing folder the user named: read, never downloaded into
-    ("file", "is a file, not a folder"),
-    (("t10k-images-idx3-ubyte", "missing"), "MNIST files missing under"),
-    (("train-labels-idx1-ubyte", "truncated"), "corrupt MNIST file"),
-    (("train-images-idx3-ubyte", "magic"), "corrupt MNIST file"),
-    (("t10k-labels-idx1-ubyte", "count"), "corrupt MNIST file"),
-    ("unwritable", "is not writable"),
-    ("server", "cannot be reached"),
-    (["--study", "extended", "--epoch-grid", "2"], "extended.toml searches it ([search.space]); leave the flag out"),
-    (["--study", "al_gap", "--batch-sizes", "50"], "al_gap.toml sets it in each arm"),
-    (["--trials", "2"], "--trials: only a study with an Optuna search has trials"),
-    (["--study", "extended", "--trials", "0"], "trials must be a positive integer, got 0"),
-    (["--register-model", "maybe"], "invalid choice: 'maybe' (choose from yes, no)"),
-    (["--profil", "quick"], "unrecognized arguments: --profil quick"),  # no abbreviations (`-P profil=quick`)
-]
-
-
-def _bad_case(case, data_dir, tmp_path):
-    """A bad input's command line and environment, with its store under tmp_path/store."""
-    args, env = BAD[case][0], env_for(tmp_path, data_dir, None)
-    if args == "empty":
-        (tmp_path / "empty").mkdir()
-        args = ["--data-dir", str(tmp_path / "empty")]
-    elif args == "file":
-        (tmp_path / "afile").write_text("not a folder")
-        args = ["--data-dir", str(tmp_path / "afile")]
-    elif args == "unwritable":
-        (tmp_path / "blocker").write_text("a file where the store's folder should be")
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'blocker' / 'mlruns' / 'mlflow.db'}"
-        args = []
-    elif args == "server":
-        env["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
-        args = []
-    elif isinstance(args, tuple):
-        args = ["--data-dir", _corrupt(data_dir, tmp_path, *args)]
-    return ["--profile", "quick", *args], env
-
-
-@pytest.mark.parametrize("case", range(len(BAD)), ids=[str(b[0]) for b in BAD])
-def test_bad_input_fails_with_one_line_and_writes_nothing(case, data_dir, tmp_path, monkeypatch, capsys):
-    """Every bad input through the command line's own parsing and checks, in this process (22 interpreters
-    would cost 45 s); a few of them through a real process below."""
-    from flows.__main__ import run_values
-    argv, env = _bad_case(case, data_dir, tmp_path)
-    for key in ("MLFLOW_TRACKING_URI", "PAIRS_DATA_DIR"):
-        monkeypatch.setenv(key, env[key])
-    with pytest.raises(SystemExit) as stopped:
-        run_values(argv)
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2 and BAD[case][1] in err, err
-    assert len(err.strip().splitlines()) <= 3  # a short message, no traceback
-    assert not (tmp_path / "store").exists()  # nothing written to the tracking store
-
-
-# through `python -m flows`: a flag argparse rejects, a value the checks reject, an empty data folder, a corrupt
-# file, no store server
-IN_A_PROCESS = [0, 4, 15, 18, 22]
-
-
-@pytest.fixture(scope="module")
-def bad_processes(data_dir, tmp_path_factory):
-    """Those bad inputs as processes, two at a time (one per core): {case: (returncode, stderr, CPU seconds, its
-    folder)}. CPU seconds, not wall time: what the process did does not stretch with the machine's load."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def run(case):
-        folder = tmp_path_factory.mktemp(f"bad{case}")
-        argv, env = _bad_case(case, data_dir, folder)
-        with open(folder / "stderr", "w+") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "flows", *argv], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=err, cwd=ROOT)
-            timer = threading.Timer(300, proc.kill)  # a hang is a failure, not a wait for CI's limit
-            timer.start()
-            _, status, usage = os.wait4(proc.pid, 0)
-            timer.cancel()
-            err.seek(0)
-            return os.waitstatus_to_exitcode(status), err.read(), usage.ru_utime + usage.ru_stime, folder
-    with ThreadPoolExecutor(2) as pool:
-        return dict(zip(IN_A_PROCESS, pool.map(run, IN_A_PROCESS)))
-
-
-@pytest.mark.parametrize("case", IN_A_PROCESS, ids=[str(BAD[i][0]) for i in IN_A_PROCESS])
-def test_bad_input_to_the_command_exits_2_before_any_work(bad_processes, case):
-    code, err, cpu_seconds, folder = bad_processes[case]
-    assert code == 2, err[-2000:]
-    assert BAD[case][1] in err, err[-2000:]
-    assert len(err.strip().splitlines()) <= 3  # a short message, no traceback
-    assert cpu_seconds < 20, cpu_seconds  # imports and checks (about 4 s); a Prefect server and training cost more
-    assert not (folder / "store").exists()
-
-
-def test_no_mnist_in_the_default_folder_downloads_only_when_a_mirror_answers(tmp_path, monkeypatch, capsys):
-    """./data (no PAIRS_DATA_DIR, no --data-dir) without MNIST: offline, one line before any work, and nothing
-    created; with a mirror answering, the checks pass (the prepare task downloads there)."""
+def test_no_mnist_in_the_default_folder_passes_the_checks_when_a_mirror_answers(tmp_path, monkeypatch):
+    """./data (no PAIRS_DATA_DIR, no --data-dir) without MNIST and a mirror answering: the checks pass (the prepare
+    task downloads there). With no mirror answering: test_bad_input."""
     import http.server
     from torchvision.datasets import MNIST
 
@@ -244,37 +117,15 @@ def test_no_mnist_in_the_default_folder_downloads_only_when_a_mirror_answers(tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PAIRS_DATA_DIR", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # offline: no mirror answers
-    with pytest.raises(SystemExit) as stopped:
-        run_values(["--profile", "quick"])
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"MNIST is not in {tmp_path / 'data'} and cannot be downloaded (no mirror answers" in err, err
-    assert not (tmp_path / "data").exists() and not (tmp_path / "store").exists()
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / MNIST.resources[0][0]).write_bytes(b"")
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "mirror"))
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "mirror"))  # noqa: E731
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as mirror:
         threading.Thread(target=mirror.serve_forever, daemon=True).start()
         monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/", f"http://127.0.0.1:{mirror.server_port}/"])
         assert run_values(["--profile", "quick"])["profile"] == "quick"  # the second mirror answers: on to the download
         mirror.shutdown()
-
-
-def test_bad_flow_parameters_fail_before_any_run(prefect_env, data_dir, store):
-    """The deployment path: the flow's parameters get the same checks before anything is logged (choices by
-    Prefect's own validation of the flow's typed parameters)."""
-    from prefect.exceptions import ParameterTypeError
-
-    from flows.pipeline import pipeline
-    for kwargs, message in (({"batch_sizes": []}, "batch_sizes must not be empty"),
-                            ({"epoch_grid": [25, 0]}, "epoch_grid must be positive integers"),
-                            ({"folds": 1}, "folds must be at least 2"),
-                            ({"profile": "huge"}, "profile: Input should be 'full' or 'quick'"),  # Prefect's check
-                            ({"device": "tpu"}, "device: Input should be 'cpu', 'cuda' or 'auto'")):
-        with pytest.raises((ValueError, ParameterTypeError), match=message):
-            pipeline(data_dir=data_dir, experiment="bad", **kwargs)
-    assert store.get_experiment_by_name("bad") is None
+    assert not (tmp_path / "data").exists() and not (tmp_path / "store").exists()  # the checks create nothing
 
 
 def test_a_group_whose_first_attempt_fails_is_retried_and_prefect_shows_both_attempts(prefect_env, data_dir, store,
