@@ -143,6 +143,9 @@ def regenerate(run_id, out):
 
 def from_folder(folder, out):
     """A published study folder's report, from the run.json and fit records (.json or .json.gz) it holds."""
+    if not (folder / "run.json").is_file():
+        raise FileNotFoundError(f"no {folder / 'run.json'}: a folder to rebuild holds run.json and the pipeline's "
+                                "search_fits.json / final_fits.json")
     run = json.loads((folder / "run.json").read_text())
     names = ["final_fits.json"] + ([] if run.get("study", {}).get("arms") else ["search_fits.json"])
     files = {n: records_in(folder, n) for n in names}
@@ -223,7 +226,7 @@ def main(argv):
     from mlflow.exceptions import MlflowException
     try:
         return _write(args)
-    except NotAPipelineRun as e:
+    except (NotAPipelineRun, FileNotFoundError) as e:  # a run or a folder that holds no report's inputs
         print(f"error: {e}", file=sys.stderr)
         return 2
     except MlflowException as e:  # no such run, or not a finished pipeline run: one line, no traceback

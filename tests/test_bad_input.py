@@ -7,7 +7,7 @@ entry point, every case of a table checked the same way:
 - MLFLOW_RUN: `mlflow run .` (what `make run` calls), whose own run is also deleted;
 - FLOW: the flow's parameters (a deployment, a script calling `pipeline`);
 - REPORT: `python -m flows report`;
-- WORKER: a unit of work on a Dask worker that lacks the data;
+- WORKER: a part on a Dask worker that lacks the data;
 - LIBRARY: the library's checks that no outer entry reaches (an outer check stops those inputs first);
 - MAKE_TEST: the data step of `make test`.
 
@@ -369,6 +369,22 @@ def test_a_report_of_a_run_that_is_not_a_pipeline_is_one_line_exit_2(quick_run, 
     err = capsys.readouterr().err
     assert err.strip() == f"error: run {fit.info.run_id} is a fit run, not a pipeline run: its pipeline run is {root}"
     assert tree(tmp_path) == {}
+
+
+@pytest.mark.parametrize("files,message", [
+    ({}, "no {folder}/run.json: a folder to rebuild holds run.json"),
+    ({"run.json": '{"protocol": {}, "meta": {}}'}, "no fit records {folder}/final_fits.json, {folder}/search_fits.json"),
+])
+def test_a_folder_to_rebuild_without_its_inputs_is_one_line_exit_2(files, message, tmp_path, capsys):
+    """`report --from FOLDER` on a folder that lacks run.json or the fit records says which, and writes nothing."""
+    from flows.report import main
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    before = tree(tmp_path)
+    assert main(["--from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(folder=tmp_path)) and one_line(err), err
+    assert tree(tmp_path) == before
 
 
 # --- WORKER: a part on a Dask worker ----------------------------------------------------------------------

@@ -33,13 +33,6 @@ def test_the_final_rounds_beside_each_other_rebuild_from_the_folders_records(fol
                 f"--from {f}" for f in BESIDE[folder]) + f" --out {folder}"
 
 
-def test_a_folder_without_records_says_what_it_needs(tmp_path):
-    from flows.report import from_folder
-    (tmp_path / "run.json").write_text('{"protocol": {}, "meta": {}}')
-    with pytest.raises(FileNotFoundError, match="no fit records .*final_fits.json"):
-        from_folder(tmp_path, tmp_path / "out")
-
-
 def test_the_readmes_numbers_are_in_the_reports_they_cite():
     """Every number in the README's results paragraph is in a published REPORT.md (or beside.md): the paragraph
     quotes the reports, it does not compute or round anew."""
