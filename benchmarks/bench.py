@@ -163,13 +163,13 @@ print(time.perf_counter() - t)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-STACKS = (1, 2, 5, 10, 20)  # fits per unit whose one-thread speed is measured
+STACKS = (1, 2, 5, 10, 20)  # fits per part whose one-thread speed is measured
 CHUNKS = (None, 20, 10, 5, 2, 1)  # --chunk values simulated (None: groups whole)
 WORKERS = (1, 2, 4, 8, 16, 64)
 
 
 def stack_seconds(epochs=2):
-    """One-thread seconds per fit-epoch of a unit of s fits (search fits of the full protocol: 900 training pairs),
+    """One-thread seconds per fit-epoch of a part of s fits (search fits of the full protocol: 900 training pairs),
     per (architecture, batch size) of the full grid and s in STACKS; the last epoch's (the first warms up)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def stack_seconds(epochs=2):
 
 
 def per_fit(stacks, arch, batch, k):
-    """Seconds per fit-epoch in a unit of k fits, at the nearest measured batch size: interpolated between the
+    """Seconds per fit-epoch in a part of k fits, at the nearest measured batch size: interpolated between the
     measured stacks around k (the largest beyond them)."""
     b = min({b for a, b, _ in stacks if a == arch}, key=lambda x: abs(x - batch))
     if k >= STACKS[-1]:
@@ -193,7 +193,7 @@ def per_fit(stacks, arch, batch, k):
 
 def dask_comparison(epochs):
     """(6) The full protocol's ConvNet and MLP search cells at batch 100, cut to `epochs` epochs: trained here as
-    whole cells and as one-round units (10 fits) with its threads, the units on one thread, and every unit through the
+    whole cells and as one-round parts (10 fits) with its threads, the parts on one thread, and every part through the
     pipeline's `train` task on a local prefect_dask cluster of 1 and of 2 one-thread workers."""
     from prefect import flow
 
@@ -202,7 +202,7 @@ def dask_comparison(epochs):
     from flows.settings import Run
     cut = FULL.with_(batch_sizes=(100,), epoch_grid=(epochs,))
     cells = search_groups(cut)
-    units = split(cells, cut.folds)
+    parts = split(cells, cut.folds)
     for g in cells[:1]:  # load the data once, outside the timings
         fit_data(g.fits[0])
     def timed(groups, threads):
@@ -214,7 +214,7 @@ def dask_comparison(epochs):
         torch.set_num_threads(before)
         return time.perf_counter() - t
     threads = torch.get_num_threads()
-    in_process, units_here, one_thread = timed(cells, threads), timed(units, threads), timed(units, 1)
+    in_process, parts_here, one_thread = timed(cells, threads), timed(parts, threads), timed(parts, 1)
 
     @flow
     def on_workers(n):
@@ -228,17 +228,17 @@ def dask_comparison(epochs):
             [f.result() for f in submit(runner, split(search_groups(cut.with_(epoch_grid=(1,))), 1)[:n])]
             started = time.perf_counter() - t
             t = time.perf_counter()
-            [f.result() for f in submit(runner, units)]
+            [f.result() for f in submit(runner, parts)]
             return started, time.perf_counter() - t
     _, on_one = on_workers(1)
     started, on_two = on_workers(2)
     return {"in_process": in_process, "one_worker": on_one, "two_workers": on_two, "cluster_start": started,
-            "units": len(units), "one_thread_work": one_thread, "units_here": units_here, "epochs": epochs,
-            "task_overhead": max(0.0, (on_one - one_thread) / len(units))}  # per task, beyond its training
+            "parts": len(parts), "one_thread_work": one_thread, "parts_here": parts_here, "epochs": epochs,
+            "task_overhead": max(0.0, (on_one - one_thread) / len(parts))}  # per task, beyond its training
 
 
 def makespan(durations, workers):
-    """Longest-processing-time list scheduling: each unit to the worker that frees up first."""
+    """Longest-processing-time list scheduling: each part to the worker that frees up first."""
     free = [0.0] * workers
     for d in sorted(durations, reverse=True):
         free[free.index(min(free))] += d
@@ -247,7 +247,7 @@ def makespan(durations, workers):
 
 def asked(trials, slots, workers, overhead):
     """Wall time of an Optuna search keeping `slots` trials per architecture in flight, the next asked as soon as
-    one ends (flows.search): `trials` {architecture: [[unit seconds, ...] per trial, in ask order]}; units go to
+    one ends (flows.search): `trials` {architecture: [[part seconds, ...] per trial, in ask order]}; parts go to
     free workers in the order they were asked."""
     now, queue, running, left, asks = 0.0, collections.deque(), [], {}, {a: 0 for a in trials}
 
@@ -276,20 +276,20 @@ def asked(trials, slots, workers, overhead):
 def scaling(m, stacks, extended_records=None):
     """Simulated wall time (seconds) on each worker count and --chunk, for the full study (grid search, then the
     final rounds) and, from its recorded fits, the extended study (the Optuna search as flows.search asks it, then
-    the final rounds). Unit seconds: one thread, from `stacks` at the unit's size; the extended study's recorded
+    the final rounds). Part seconds: one thread, from `stacks` at the part's size; the extended study's recorded
     seconds (2 threads, in the stacks it ran in) scaled by the measured 1-thread/2-thread ratio and the stack-size
     ratio of its architecture's plain model."""
     extra = m["task_overhead"]
-    ratio = m["one_thread_work"] / m["units_here"]  # one thread's seconds per second of this process's threads
+    ratio = m["one_thread_work"] / m["parts_here"]  # one thread's seconds per second of this process's threads
 
-    def units(n, chunk, each):  # `each(k)`: seconds of one fit in a unit of k
+    def parts(n, chunk, each):  # `each(k)`: seconds of one fit in a part of k
         k = min(chunk or n, n)
         return [each(min(k, n - i)) * min(k, n - i) for i in range(0, n, k)]
 
     def full_stages(chunk):
-        search = [d for a in FULL.architectures for b in FULL.batch_sizes for d in units(
+        search = [d for a in FULL.architectures for b in FULL.batch_sizes for d in parts(
             FULL.search_rounds * FULL.folds, chunk, lambda k, a=a, b=b: per_fit(stacks, a, b, k) * max(FULL.epoch_grid))]
-        final = [d for v in VARIANTS for d in units(FULL.final_rounds, chunk, lambda k, v=v: per_fit(
+        final = [d for v in VARIANTS for d in parts(FULL.final_rounds, chunk, lambda k, v=v: per_fit(
             stacks, architecture(v), PAPER_FINAL[architecture(v)][0], k) * PAPER_FINAL[architecture(v)][1])]
         return search, final
 
@@ -301,10 +301,10 @@ def scaling(m, stacks, extended_records=None):
         for r in extended_records:
             groups.setdefault((r.stage, r.variant, r.config), []).append(r)
 
-        def seconds(rs, chunk):  # one thread, in units of `chunk` fits
+        def seconds(rs, chunk):  # one thread, in parts of `chunk` fits
             a, b, m_ = architecture(rs[0].variant), rs[0].config.batch_size, rs[0].config.ensemble
             ran = per_fit(stacks, a, b, len(rs) * m_)
-            return units(len(rs), chunk, lambda k: statistics.mean(r.s_per_epoch * r.config.epochs for r in rs)
+            return parts(len(rs), chunk, lambda k: statistics.mean(r.s_per_epoch * r.config.epochs for r in rs)
                          * ratio * per_fit(stacks, a, b, k * m_) / ran)
 
         def extended(chunk, w):
@@ -332,22 +332,22 @@ def dask_lines(epochs):
              f"- Command: `python benchmarks/bench.py --scaling` ({time.strftime('%Y-%m-%d')}); all numbers below from "
              "this one run.", "",
              f"The full protocol's ConvNet and MLP search cells at batch 100 (100 fits each, cut to {epochs} epochs), "
-             f"in {m['units']} units of one round (10 fits):", "",
+             f"in {m['parts']} parts of one round (10 fits):", "",
              f"- in this process, whole cells, {torch.get_num_threads()} threads: **{m['in_process']:.1f} s** (the "
-             f"units: {m['units_here']:.1f} s; on one thread: {m['one_thread_work']:.1f} s)",
+             f"parts: {m['parts_here']:.1f} s; on one thread: {m['one_thread_work']:.1f} s)",
              f"- `--workers 2` (local prefect_dask cluster, one thread each): **{m['two_workers']:.1f} s** "
              f"(ratio {m['two_workers'] / m['in_process']:.2f} to this process)",
              f"- `--workers 1`: {m['one_worker']:.1f} s, so a task costs {m['task_overhead']:.2f} s beyond its "
              f"training; starting a cluster of 2 and a first task on each worker: {m['cluster_start']:.1f} s",
-             "", "One thread's seconds per fit-epoch by fits per unit (search fits, 900 training pairs):", "",
+             "", "One thread's seconds per fit-epoch by fits per part (search fits, 900 training pairs):", "",
              "| architecture | batch | " + " | ".join(f"{k} fits" for k in STACKS) + " |", "|---|---|" + "---|" * len(STACKS)]
     for a, b in sorted({(a, b) for a, b, _ in stacks}):
         lines.append(f"| {a} | {b} | " + " | ".join(f"{stacks[(a, b, k)]:.3f}" for k in STACKS) + " |")
-    lines += ["", "Simulated wall time (units of one thread, from the table above; that cost per task and the cluster "
+    lines += ["", "Simulated wall time (parts of one thread, from the table above; that cost per task and the cluster "
               "start added; the full study's search is one stage, the extended study's Optuna search keeps "
               "max(4, workers / 2) trials per architecture in flight and asks the next as one ends; the final "
               "rounds wait for the search):", "",
-              "| study | units | longest unit | " + " | ".join(f"{w} worker{'s' * (w > 1)}" for w in WORKERS) + " |",
+              "| study | parts | longest part | " + " | ".join(f"{w} worker{'s' * (w > 1)}" for w in WORKERS) + " |",
               "|---|---|---|" + "---|" * len(WORKERS)]
     for name, by_chunk in table.items():
         for c, walls in by_chunk.items():

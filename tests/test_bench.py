@@ -1,4 +1,4 @@
-"""The benchmark: its scheduling model (list scheduling of a stage's units, and the Optuna search as flows.search asks
+"""The benchmark: its scheduling model (list scheduling of a stage's parts, and the Optuna search as flows.search asks
 it: each architecture keeps `slots` trials in flight and asks the next as one ends), and its levers, which must train
 the pipeline's records."""
 import functools
@@ -28,7 +28,7 @@ def test_an_optuna_search_asks_the_next_trial_as_one_ends():
     assert asked(one, slots=1, workers=4, overhead=0) == 6  # one in flight: one after another
     assert asked(one, slots=2, workers=4, overhead=0) == 3
     assert asked(one, slots=6, workers=4, overhead=0.5) == pytest.approx(3)  # 4 at once, then 2; 1.5 s each
-    # a trial of two units ends with its last: with 2 workers and 1 slot, its units train side by side
+    # a trial of two parts ends with its last: with 2 workers and 1 slot, its parts train side by side
     assert asked({"A": [[2.0, 2.0], [1.0, 1.0]]}, slots=1, workers=2, overhead=0) == 3
     # two architectures share the workers; a long trial of one does not hold back the other's asks
     assert asked({"A": [[5.0]], "B": [[1.0]] * 4}, slots=1, workers=2, overhead=0) == 5

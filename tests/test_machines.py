@@ -72,7 +72,7 @@ class Cluster:
             proc.wait()
 
     def pipeline(self, data_dir, results, experiment, *flags, on_line=None, where=None, **env):
-        """The quick profile on this cluster (or `where`: other flags), its servers and units of 3 fits (one search round)."""
+        """The quick profile on this cluster (or `where`: other flags), its servers and parts of 3 fits (one search round)."""
         env = dict(self.env, PAIRS_DATA_DIR=data_dir, PREFECT_API_URL=self.api, MLFLOW_TRACKING_URI=self.tracking,
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / results), **env)
         proc = self.running = subprocess.Popen(
@@ -146,7 +146,7 @@ def open_runs(api, kind="task_runs"):
 @pytest.mark.slow
 def test_the_quick_profile_on_a_cluster_with_servers_and_a_worker_killed_is_the_in_process_run(cluster, data_dir,
                                                                                                tmp_path, quick_records):
-    """Search cells in units of one round on two workers; SIGKILL to a worker process once the first group is
+    """Search cells in parts of one round on two workers; SIGKILL to a worker process once the first group is
     back (the others are training): Dask gives its task to a worker again (the nanny restarts the killed one),
     the run completes with the in-process records, no fit is logged twice and no task run is left running; the
     fits, the report and its artifacts are on the MLflow server."""
@@ -213,9 +213,8 @@ def test_a_task_dask_gives_up_on_is_one_line_and_leaves_no_run_open(cluster, dat
 
 
 @pytest.mark.slow
-@pytest.mark.slow
-def test_a_stop_ends_the_units_training_on_the_workers(cluster, data_dir):
-    """Units on the workers report their epochs (a progress line reaches the pipeline's console); SIGTERM to the
+def test_a_stop_ends_the_parts_training_on_the_workers(cluster, data_dir):
+    """Parts on the workers report their epochs (a progress line reaches the pipeline's console); SIGTERM to the
     pipeline then stops them at their next epoch (its Dask Event), not minutes later when their training ends."""
     from distributed import Client
     seen = threading.Event()
@@ -224,7 +223,7 @@ def test_a_stop_ends_the_units_training_on_the_workers(cluster, data_dir):
         if re.search(r"\[search\] search ConvNet batch \d+ fits \d+-\d+ of \d+: epoch \d+/3000;", line) and not seen.is_set():
             seen.set()
             cluster.running.send_signal(signal.SIGTERM)
-    # units of 3 ConvNet fits x 3000 epochs: minutes each; the first progress line comes after 20 s of training
+    # parts of 3 ConvNet fits x 3000 epochs: minutes each; the first progress line comes after 20 s of training
     long = ("--until", "search", "--architectures", "ConvNet", "--variants", "ConvNet", "--epoch-grid", "3000",
             "--batch-sizes", "100")
     timer = threading.Timer(240, lambda: seen.is_set() or cluster.running.send_signal(signal.SIGTERM))
@@ -245,6 +244,7 @@ def test_a_stop_ends_the_units_training_on_the_workers(cluster, data_dir):
     assert "stopped by SIGTERM" in out, out[-3000:]
 
 
+@pytest.mark.slow
 def test_the_scheduler_gone_is_one_line_and_the_same_command_resumes(cluster, data_dir, tmp_path):
     gone = threading.Event()
 

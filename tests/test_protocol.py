@@ -123,7 +123,7 @@ class Wider(PairNet):
 
 
 def test_a_group_in_parts_holds_its_fits_and_trains_each_the_same(data_dir):
-    """`split` cuts groups into units of at most `chunk` fits (labelled by their part, fit runs named without it);
+    """`split` cuts groups into parts of at most `chunk` fits (labelled by their part, fit runs named without it);
     a final group trained in parts of one fit gives every fit the record it gets trained whole, up to float rounding
     in the losses: a stack's size can change how a kernel splits its sums over threads (here: ConvNet_WS_AL's
     grouped convolutions, one ulp)."""
