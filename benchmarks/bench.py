@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pairs.groups import final_groups, fit_counts, fit_data, search_groups, split, train_group
-from pairs.protocol import FitRecord, Protocol
+from pairs.protocol import Context, FitRecord, Protocol
 from pairs.report import load_records
 from pairs import published
 from pairs.config import FitConfig
@@ -121,7 +121,7 @@ def tracking_cost(n_fits=100, epochs=50):
             for f in fits]
     parent = tracker.child("search")
     t = time.perf_counter()
-    tracker.log_fits(recs, parent, ["bench"])
+    tracker.log_fits(recs, parent, Context("bench", "bench", "cpu"))
     return (time.perf_counter() - t) / n_fits
 
 
@@ -197,7 +197,7 @@ def dask_comparison(epochs):
     pipeline's `train` task on a local prefect_dask cluster of 1 and of 2 one-thread workers."""
     from prefect import flow
 
-    from flows.runner import started as running
+    from flows.runner import running
     from flows.tasks import train
     from flows.settings import Run
     cut = FULL.with_(batch_sizes=(100,), epoch_grid=(epochs,))
@@ -218,7 +218,7 @@ def dask_comparison(epochs):
 
     @flow
     def on_workers(n):
-        context = ("bench", time.time())  # keys of their own: nothing comes from the cache
+        context = Context("bench", str(time.time()), "cpu")  # keys of their own: nothing comes from the cache
 
         def submit(runner, groups):
             return [runner.submit(train, {"group": g, "context": context, "root": str(data_root()),

@@ -3,9 +3,10 @@
 prepare the data -> search (Table 1: a grid of cross-validated cells, or an Optuna search) -> select per
 architecture -> final rounds (Table 2) -> register the best model -> report. A study of fixed arms has no search:
 every arm's final rounds on the same rounds, then its report. `until` stops after a step. Each step is a task
-(flows.tasks) or a call into the module named for its job: flows.stages (train groups, log fits), flows.search
-(Optuna), flows.runner (threads or Dask), flows.progress, flows.registry, flows.report, flows.lifetime (how the
-call ends: its MLflow runs ended FINISHED, FAILED or KILLED).
+(flows.tasks) or a call into the module named for its job: flows.settings and flows.preflight (the checks before
+any work), flows.stages (a stage: its plan's groups trained, their fits logged), flows.search (the Optuna plan),
+flows.runner (threads or Dask), flows.progress, flows.registry, flows.report, flows.lifetime (how the call ends:
+its MLflow runs ended FINISHED, FAILED or KILLED). `Call` (flows.stages) carries the call's state through them.
 """
 import time
 from pathlib import Path

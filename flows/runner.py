@@ -75,12 +75,14 @@ def task_runner(run):
         from prefect.task_runners import ThreadPoolTaskRunner
         return ThreadPoolTaskRunner(max_workers=1)
     # Dask's INFO lines (dozens at a local cluster's start and end) say nothing a user acts on; warnings stay: in this
-    # process's loggers, and in the environment of the workers a local cluster spawns (their nannies' `env`), with
-    # this flow's Prefect API (else each worker would start a temporary server of its own).
+    # process's loggers (set once distributed is imported: its import sets them from dask's config), and in the
+    # environment of the workers a local cluster spawns (their nannies' `env`), with this flow's Prefect API (else
+    # each worker would start a temporary server of its own).
     import logging
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+
     from prefect import get_client
     from prefect_dask import DaskTaskRunner
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if run.cluster:
         return DaskTaskRunner(address=run.cluster)
     with get_client(sync_client=True) as client:

@@ -53,7 +53,7 @@ class Call:
 
 @dataclass
 class Groups:
-    """A stage of fixed groups: the grid search's cells, Table 1 and its heat map its artifacts."""
+    """A stage of fixed groups: the grid search's cells; its artifacts, Table 1 and its heat map."""
     groups: list
     name, tags = "search", {}  # the stage, its run's tags beyond pairs.stage
 

@@ -200,6 +200,8 @@ def test_a_task_dask_gives_up_on_is_one_line_and_leaves_no_run_open(cluster, dat
                                "MLP", "--variants", "MLP", "--pairs", "1000", "--epoch-grid", "300", where=("--workers", "1"),
                                on_line=kill_the_worker, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
     assert killed and rc == 1, out[-3000:]
+    dask_info = re.compile(r"INFO +\| +distributed\.|distributed\.[\w.]+ +- +INFO")  # (Prefect's handler, or Dask's)
+    assert not [ln for ln in out.splitlines() if dask_info.search(ln)], out[-3000:]  # Dask's warnings only
     last = said(out)[-1]
     assert last.startswith("error: the Dask cluster failed (KilledWorker") and "run the same command" in last, last
     from mlflow.tracking import MlflowClient
