@@ -111,7 +111,8 @@ def run_meta(tracker, device, seconds, smoke):
             "versions": f"mlflow {mlflow.__version__}, prefect {prefect.__version__}",
             "command": "python -m flows " + shlex.join(sys.argv[1:]), "launcher": launcher, "smoke": smoke}
     # The benchmark quotes a full run's training against its own machine's float32 ceiling ("the limit"), so a full
-    # run records it as it ends (a median of ten 2048^3 matmuls: 1-5 s on 2 cores); a smoke run is quoted nowhere.
+    # run records it as it ends (a median of ten 2048^3 matmuls: 5 s on a loaded 2-core EPYC); a smoke run is quoted
+    # nowhere.
     return meta | ({} if smoke else {"ceiling_gflops": round(matmul_gflops(torch.device(device)))})
 
 

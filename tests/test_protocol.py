@@ -37,14 +37,14 @@ def record_json(r):
 
 
 def assert_carries_over(selection, records, fixture):
-    """Records (in the fixtures' format) against a fixture of another CPU model: what training on another CPU model keeps: units, seeds, parameter counts, scored epochs, the selection and
+    """Records (in the fixtures' format) against a fixture of another CPU model: what training on another CPU model keeps: each fit's identity, seeds, parameter counts, scored epochs, the selection and
     the first epoch's losses within float tolerance (float reassociation in the kernels grows over the epochs)."""
     where = f"(recorded on {fixture['machine']}; this is {describe_machine('cpu')})"
     assert selection == fixture["selection"], where
     assert len(records) == len(fixture["records"]), where
-    units = ("stage", "variant", "batch_size", "epochs", "round", "fold", "seed", "param_count")
+    identity = ("stage", "variant", "batch_size", "epochs", "round", "fold", "seed", "param_count")
     for r, old in zip(records, fixture["records"]):
-        assert [r[k] for k in units] == [old[k] for k in units], where
+        assert [r[k] for k in identity] == [old[k] for k in identity], where
         assert [s[0] for s in r["scores"]] == [s[0] for s in old["scores"]], where
         for name in ("train_loss", "main_loss", "aux_loss"):
             assert r[name][0] == pytest.approx(old[name][0], rel=1e-4, abs=1e-6), f"{name} at epoch 1 {where}"
